@@ -1,0 +1,86 @@
+"""Shared fixtures: every store test runs against a real DuckDB file and a real PostgreSQL server.
+
+PostgreSQL is reached at `BIFROST_TEST_PG_URL` (default `postgresql://root@127.0.0.1:5432/test`); each test
+gets its own `?schema=t_<random>` and the schema is dropped afterwards, so nothing is left behind.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bifrost.store import PostgresStore, connect
+
+PG_URL = os.environ.get("BIFROST_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
+BACKENDS = ["duckdb", "postgresql"]
+BAR_KEY = ["symbol", "bar_size", "ts"]
+
+
+def make_bars(n: int, start="2020-01-02 14:30", symbols: int = 4, seed: int = 0, source: str = "test") -> pd.DataFrame:
+    """`n` one-minute bars split evenly over `symbols` symbols, consecutive minutes from `start` (UTC).
+
+    Timestamps are whole seconds and prices are arbitrary float64s, so a store must hand back exactly these values.
+    """
+    if n % symbols:
+        raise ValueError("n must be a multiple of symbols")
+    per = n // symbols
+    rng = np.random.default_rng(seed)
+    ts = pd.Timestamp(start, tz="UTC") + pd.to_timedelta(np.tile(np.arange(per), symbols), unit="min")
+    low = rng.uniform(10, 500, n)
+    return pd.DataFrame({
+        "symbol": np.repeat([f"S{i:03d}" for i in range(symbols)], per),
+        "bar_size": "1min",
+        "ts": ts,
+        "open": low + rng.random(n),
+        "high": low + 1 + rng.random(n),
+        "low": low,
+        "close": low + rng.random(n),
+        "volume": rng.integers(0, 10**9, n).astype("float64"),
+        "source": source,
+    })
+
+
+def drop_store(url: str) -> None:
+    "Remove whatever a test created at `url` (PostgreSQL: its schema; DuckDB files live in tmp_path)."
+    if url.startswith("postgresql://"):
+        PostgresStore(url).drop_schema()
+
+
+@pytest.fixture(autouse=True)
+def bifrost_home(tmp_path_factory, monkeypatch):
+    "No test reads or writes ~/.bifrost, and no test picks up a store URL from the environment."
+    home = tmp_path_factory.mktemp("bifrost_home")
+    monkeypatch.setenv("BIFROST_HOME", str(home))
+    monkeypatch.delenv("BIFROST_DB_URL", raising=False)
+    return home
+
+
+@pytest.fixture(params=BACKENDS, ids=BACKENDS)
+def store_url(request, tmp_path):
+    "The URL of a fresh, empty (unmigrated) store on each backend; cleaned up after the test."
+    if request.param == "duckdb":
+        yield f"duckdb:///{tmp_path}/t.duckdb"
+        return
+    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema=t_{secrets.token_hex(8)}"
+    try:
+        yield url
+    finally:
+        drop_store(url)
+
+
+@pytest.fixture
+def store(store_url):
+    "A migrated store at `store_url` (same parametrization: ids `duckdb` and `postgresql`)."
+    s = connect(store_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(name="make_bars")
+def make_bars_fixture():
+    return make_bars
