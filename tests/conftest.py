@@ -43,6 +43,13 @@ def make_bars(n: int, start="2020-01-02 14:30", symbols: int = 4, seed: int = 0,
     })
 
 
+def make_ingestion(id_: str, rows: int, started_at="2024-01-02 21:00:00+00:00") -> pd.DataFrame:
+    "One `ingestions` row."
+    return pd.DataFrame({"id": [id_], "source": ["test"], "symbol": [None], "bar_size": ["1min"],
+                         "started_at": [pd.Timestamp(started_at)], "rows_in": [rows],
+                         "rows_written": [rows], "rows_quarantined": [0]})
+
+
 def drop_store(url: str) -> None:
     "Remove whatever a test created at `url` (PostgreSQL: its schema; DuckDB files live in tmp_path)."
     if url.startswith("postgresql://"):
