@@ -73,6 +73,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'bifrost.data.ingest.ingest_feed': ('data.ingest.html#ingest_feed', 'bifrost/data/ingest.py'),
                                      'bifrost.data.ingest.load_reference': ('data.ingest.html#load_reference', 'bifrost/data/ingest.py'),
                                      'bifrost.data.ingest.resolve_symbols': ('data.ingest.html#resolve_symbols', 'bifrost/data/ingest.py')},
+            'bifrost.data.read': { 'bifrost.data.read._factors': ('data.read.html#_factors', 'bifrost/data/read.py'),
+                                   'bifrost.data.read.read_bars': ('data.read.html#read_bars', 'bifrost/data/read.py')},
             'bifrost.data.sources': { 'bifrost.data.sources.Feed': ('data.sources.html#feed', 'bifrost/data/sources.py'),
                                       'bifrost.data.sources.FeedSpec': ('data.sources.html#feedspec', 'bifrost/data/sources.py'),
                                       'bifrost.data.sources.FeedSpec.__post_init__': ( 'data.sources.html#feedspec.__post_init__',
