@@ -8,6 +8,7 @@ export PATH := $(BIN):$(PATH)
 export RAY_AUTH_MODE := disabled
 
 .PHONY: demo test sync-check clean
+CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/bifrost demo
+
+# Debian's chromium, for the dashboard and tear-sheet tests in a real headless browser.
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 # nbdev gate: cleaning the notebooks and re-exporting the package must change nothing.
 sync-check: SHELL := /bin/bash
@@ -29,7 +34,7 @@ sync-check: $(STAMP)
 	@echo "nbdev gate: notebooks clean, bifrost/ in sync"
 
 test: SHELL := /bin/bash
-test: sync-check
+test: sync-check $(CHROMIUM)
 	BIFROST_HOME=$$(mktemp -d) $(BIN)/pytest tests nbs pipelines dashboards --nbval-lax
 
 clean:
