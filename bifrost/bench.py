@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import duckdb
+import numpy as np
 import pandas as pd
 import psycopg
 
@@ -28,7 +29,8 @@ from .store import PostgresStore, connect
 
 # %% auto #0
 __all__ = ['RATIO_MEANINGS', 'BENCHES', 'DAILY_FILES', 'INTRADAY_FILE', 'QUICK_DAILY', 'QUICK_INTRADAY_ROWS', 'DEFAULT_PG_URL',
-           'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env', 'bench_ingest']
+           'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env', 'bench_ingest',
+           'bench_backtest']
 
 # %% ../nbs/12_bench.ipynb #f7cc002b
 RATIO_MEANINGS: dict[str, str] = {}  # ratio name -> what over what, and the aim; filled by `@benchmark`
@@ -250,3 +252,182 @@ def bench_ingest(quick: bool = False, repeat: int = 3, pg_url: str | None = None
     if notes:
         env["note"] = "; ".join(notes)
     return BenchResult("ingest", figures, ratios, env)
+
+# %% ../nbs/12_bench.ipynb #136eaab0
+def _spy_panel(years: int = 10):
+    "Ten years of real SPY daily bars from the shipped sample, in a throwaway store."
+    from bifrost.data.read import read_bars
+    from bifrost.data.sources import SampleSource
+    from bifrost.strategy.api import Panel
+    with tempfile.TemporaryDirectory() as d:
+        store = connect(f"duckdb:///{d}/bench.duckdb")
+        src = SampleSource(tuple(f for f in SAMPLE if f.file in ("daily/SPY_daily_lean.parquet", "intraday/SPY_1hour_lean.parquet")))
+        ingest(store, src, progress=False)
+        daily = Panel.from_long(read_bars(store, "SPY", "1d", f"{2021 - years}-01-01", "2020-12-31"))
+        hourly = read_bars(store, "SPY", "1h")
+    return daily, hourly
+
+def _resampled(hourly: pd.DataFrame, n: int, seed: int = 0):
+    "An `n`-bar OHLC series built by resampling real bars' moves relative to the previous close."
+    from bifrost.strategy.api import Panel
+    prev = hourly.close.shift().to_numpy()[1:]
+    rel = np.column_stack([hourly[f].to_numpy()[1:] / prev for f in ("open", "high", "low", "close")])
+    pick = np.random.default_rng(seed).integers(0, len(rel), n)
+    moves = rel[pick]
+    close = 100.0 * np.cumprod(moves[:, 3])
+    prev_close = np.r_[100.0, close[:-1]]
+    idx = pd.date_range("2000-01-03", periods=n, freq="h", tz="UTC")
+    frame = lambda col: pd.DataFrame({"X": col}, index=idx)
+    return Panel(frame(prev_close * moves[:, 0]), frame(prev_close * moves[:, 1]), frame(prev_close * moves[:, 2]),
+                 frame(close), frame(np.full(n, 1000.0)), bar_size="1h")
+
+def _best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+# %% ../nbs/12_bench.ipynb #74b5ee04
+def _backtrader_sma(panel, fast: int, slow: int, cash: float):
+    "A plain backtrader SMA crossover, all-in whole shares, decide at the close and fill at the next open."
+    import backtrader as bt
+
+    class Cross(bt.Strategy):
+        def __init__(self):
+            self.up = bt.indicators.SMA(self.data.close, period=fast) > bt.indicators.SMA(self.data.close, period=slow)
+            self.fills, self.long = [], None
+
+        def next(self):  # bar t closed: decide
+            self.long = bool(self.up[0]) if len(self) >= slow else None
+
+        def next_open(self):  # bar t+1 opens: trade
+            if self.long and not self.position:
+                self.buy(size=int(self.broker.getcash() // self.data.open[0]))
+            elif self.long is False and self.position:
+                self.close()
+
+        def notify_order(self, order):
+            if order.status == order.Completed:
+                self.fills.append((bt.num2date(order.executed.dt), int(order.executed.size), order.executed.price))
+
+    cerebro = bt.Cerebro(stdstats=False, cheat_on_open=True)
+    cerebro.broker.setcash(cash)
+    frame = pd.DataFrame({f: getattr(panel, f).iloc[:, 0].to_numpy() for f in ("open", "high", "low", "close", "volume")},
+                         index=panel.index.tz_localize(None))
+    cerebro.adddata(bt.feeds.PandasData(dataname=frame, openinterest=None))
+    cerebro.addstrategy(Cross)
+    return cerebro.run()[0].fills
+
+def _backtesting_sma(panel, fast: int, slow: int, cash: float):
+    "The same strategy in backtesting.py (fills at the next open by default)."
+    import contextlib
+    import io
+    import warnings
+    from backtesting import Backtest, Strategy as BtpStrategy
+    sma = lambda x, n: pd.Series(x).rolling(n).mean().to_numpy()
+
+    class Cross(BtpStrategy):
+        def init(self):
+            self.f, self.s = self.I(sma, self.data.Close, fast), self.I(sma, self.data.Close, slow)
+
+        def next(self):
+            if self.f[-1] > self.s[-1] and not self.position:
+                self.buy()
+            elif self.f[-1] <= self.s[-1] and self.position:
+                self.position.close()
+
+    frame = pd.DataFrame({f.capitalize(): getattr(panel, f).iloc[:, 0].to_numpy() for f in ("open", "high", "low", "close", "volume")},
+                         index=panel.index.tz_localize(None))
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # no progress bar in a benchmark
+        warnings.simplefilter("ignore")
+        return Backtest(frame, Cross, cash=cash, commission=0.0, finalize_trades=True).run()
+
+def _vectorbt_sma(panel, fasts, slows, cash: float):
+    "vectorbt's from_signals for every (fast, slow) pair: entries/exits at the close, filled at the next open."
+    import vectorbt as vbt
+    close = panel.close.iloc[:, 0]
+    fast_ma = vbt.MA.run(close, list(fasts), short_name="fast").ma.to_numpy().reshape(len(close), -1)
+    slow_ma = vbt.MA.run(close, list(slows), short_name="slow").ma.to_numpy().reshape(len(close), -1)
+    up = fast_ma > slow_ma
+    entries = pd.DataFrame(up, index=close.index).shift(fill_value=False)
+    exits = pd.DataFrame(~up, index=close.index).shift(fill_value=False)
+    open_ = pd.DataFrame(np.repeat(panel.open.to_numpy(), up.shape[1], axis=1), index=close.index)
+    return vbt.Portfolio.from_signals(pd.DataFrame(np.repeat(close.to_numpy()[:, None], up.shape[1], axis=1), index=close.index),
+                                      entries, exits, price=open_, size=np.inf, size_granularity=1, init_cash=cash)
+
+# %% ../nbs/12_bench.ipynb #73866f12
+@benchmark("backtest", ratios={
+    "vectorized_vs_backtrader": "Bifrost vectorised bars/s / backtrader bars/s, one 10-year SMA backtest with its full result (aim >= 100)",
+    "vectorized_vs_backtesting": "Bifrost vectorised bars/s / backtesting.py bars/s, same backtest",
+    "vectorized_vs_vectorbt": "Bifrost vectorised bars/s / vectorbt from_signals bars/s, same backtest",
+    "million_bars_vs_backtrader": "Bifrost bars/s on a 1,000,000-bar series / backtrader bars/s (aim >= 1000)",
+    "sweep_vs_vectorbt": "Bifrost sweep combination-bars/s / vectorbt from_signals combination-bars/s (aim >= 20)",
+    "backtrader_engine_vs_backtrader": "Bifrost's backtrader engine bars/s / plain backtrader bars/s (adapter cost)",
+})
+def bench_backtest(quick: bool = False, repeat: int = 3) -> BenchResult:
+    "Bars/s of Bifrost's engines and of backtrader, backtesting.py and vectorbt on the same SMA strategy."
+    from bifrost.strategy.api import SmaCross
+    from bifrost.strategy.backtrader import run_backtrader
+    from bifrost.strategy.vector import grid, run_sweep, run_vectorized
+    cash, fast, slow = 100_000.0, 10, 50
+    daily, hourly = _spy_panel()
+    strategy = SmaCross(fast=fast, slow=slow)
+    n_bars = len(daily)
+    mine = run_vectorized(strategy, daily, cash)  # also compiles the kernel
+    t_vec = _best(lambda: run_vectorized(strategy, daily, cash), repeat)
+    t_bte = _best(lambda: run_backtrader(strategy, daily, cash), 1)
+    peer_fills = _backtrader_sma(daily, fast, slow, cash)
+    t_bt = _best(lambda: _backtrader_sma(daily, fast, slow, cash), 1)
+    t_btp = _best(lambda: _backtesting_sma(daily, fast, slow, cash), repeat)
+    t0 = time.perf_counter()
+    _vectorbt_sma(daily, [fast], [slow], cash)
+    vbt_first = time.perf_counter() - t0
+    t_vbt = _best(lambda: _vectorbt_sma(daily, [fast], [slow], cash), repeat)
+    ours = [(ts.tz_localize(None).to_pydatetime(), int(sh), round(p, 6)) for ts, sh, p in mine.trades[["ts", "shares", "price"]].itertuples(index=False)]
+    theirs = [(dt.replace(tzinfo=None), sh, round(p, 6)) for dt, sh, p in peer_fills]
+    million = _resampled(hourly, 100_000 if quick else 1_000_000)
+    run_vectorized(strategy, million.upto(1000), cash)
+    t_mil = _best(lambda: run_vectorized(strategy, million, cash), repeat)
+    bt_slice = million.upto(20_000 if quick else 100_000)
+    t_bt_slice = _best(lambda: _backtrader_sma(bt_slice, fast, slow, cash), 1)
+    fasts, slows = (range(5, 51, 5), range(20, 201, 20)) if quick else (range(5, 51, 5), range(20, 201, 5))
+    combos = grid(SmaCross, fast=fasts, slow=slows)
+    run_sweep(SmaCross, daily, combos[:2], cash)
+    t_sweep = _best(lambda: run_sweep(SmaCross, daily, combos, cash), repeat)
+    pairs = [(c["fast"], c["slow"]) for c in combos]
+    t_vbt_sweep = _best(lambda: _vectorbt_sma(daily, [p[0] for p in pairs], [p[1] for p in pairs], cash), repeat)
+    rate = lambda bars, t: round(bars / t, 1)
+    figures = {
+        "bars": float(n_bars),
+        "vectorized_bars_per_s": rate(n_bars, t_vec),
+        "backtrader_engine_bars_per_s": rate(n_bars, t_bte),
+        "backtrader_bars_per_s": rate(n_bars, t_bt),
+        "backtesting_bars_per_s": rate(n_bars, t_btp),
+        "vectorbt_bars_per_s": rate(n_bars, t_vbt),
+        "vectorbt_first_call_s": round(vbt_first, 3),
+        "million_series_bars": float(len(million)),
+        "million_vectorized_bars_per_s": rate(len(million), t_mil),
+        "million_backtrader_bars_per_s": rate(len(bt_slice), t_bt_slice),
+        "sweep_combinations": float(len(combos)),
+        "sweep_s": round(t_sweep, 4),
+        "sweep_combination_bars_per_s": rate(len(combos) * n_bars, t_sweep),
+        "vectorbt_sweep_combination_bars_per_s": rate(len(combos) * n_bars, t_vbt_sweep),
+        "trades": float(len(mine.trades)),
+        "trades_match_backtrader": float(ours == theirs),  # identical dates, shares and prices
+    }
+    ratios = {
+        "vectorized_vs_backtrader": round(t_bt / t_vec, 2),
+        "vectorized_vs_backtesting": round(t_btp / t_vec, 2),
+        "vectorized_vs_vectorbt": round(t_vbt / t_vec, 2),
+        "million_bars_vs_backtrader": round(figures["million_vectorized_bars_per_s"] / figures["million_backtrader_bars_per_s"], 1),
+        "sweep_vs_vectorbt": round(t_vbt_sweep / t_sweep, 2),
+        "backtrader_engine_vs_backtrader": round(t_bt / t_bte, 3),
+    }
+    env = bench_env()
+    env["workload"] = (f"SmaCross({fast}, {slow}) on SPY daily {daily.index[0]:%Y-%m-%d}..{daily.index[-1]:%Y-%m-%d} "
+                       f"({n_bars} bars); {len(million):,} bars resampled from real SPY hour bars; "
+                       f"sweep of {len(combos)} (fast, slow) pairs")
+    env["method"] = f"best of {repeat} after a warm-up (backtrader engines: one run); backtrader's million-bar rate from {len(bt_slice):,} bars"
+    return BenchResult("backtest", figures, ratios, env)
