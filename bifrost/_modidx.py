@@ -353,6 +353,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'bifrost/strategy/api.py'),
                                       'bifrost.strategy.api.Strategy.__repr__': ( 'strategy.api.html#strategy.__repr__',
                                                                                   'bifrost/strategy/api.py'),
+                                      'bifrost.strategy.api.Strategy._locate_failure': ( 'strategy.api.html#strategy._locate_failure',
+                                                                                         'bifrost/strategy/api.py'),
                                       'bifrost.strategy.api.Strategy.params': ( 'strategy.api.html#strategy.params',
                                                                                 'bifrost/strategy/api.py'),
                                       'bifrost.strategy.api.Strategy.run_targets': ( 'strategy.api.html#strategy.run_targets',
