@@ -167,8 +167,15 @@ def _consistent(store) -> None:
 def test_ingestion_when_killed_mid_run_then_store_holds_whole_feeds_only(store_url):
     connect(store_url)
     proc = _bifrost(store_url, "ingest", "sample")
-    time.sleep(4.0)  # some feeds committed, one in flight
-    proc.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for the first committed feed ...
+        try:
+            if connect(store_url, read_only=True).scalar("SELECT count(*) FROM ingestions"):
+                break
+        except Exception:  # noqa: BLE001 - the writer may hold the DuckDB file for a moment
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # ... then kill it while the next ones are in flight
     proc.wait()
     store = connect(store_url)
     _consistent(store)
