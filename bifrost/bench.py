@@ -30,7 +30,7 @@ from .store import PostgresStore, connect
 # %% auto #0
 __all__ = ['RATIO_MEANINGS', 'BENCHES', 'DAILY_FILES', 'INTRADAY_FILE', 'QUICK_DAILY', 'QUICK_INTRADAY_ROWS', 'DEFAULT_PG_URL',
            'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env', 'bench_ingest',
-           'bench_backtest']
+           'bench_backtest', 'bench_analytics']
 
 # %% ../nbs/12_bench.ipynb #f7cc002b
 RATIO_MEANINGS: dict[str, str] = {}  # ratio name -> what over what, and the aim; filled by `@benchmark`
@@ -431,3 +431,18 @@ def bench_backtest(quick: bool = False, repeat: int = 3) -> BenchResult:
                        f"sweep of {len(combos)} (fast, slow) pairs")
     env["method"] = f"best of {repeat} after a warm-up (backtrader engines: one run); backtrader's million-bar rate from {len(bt_slice):,} bars"
     return BenchResult("backtest", figures, ratios, env)
+
+# %% ../nbs/12_bench.ipynb #f72c01c0
+@benchmark("analytics", ratios={
+    "speedup_vs_empyrical": "empyrical per-series loop s / Bifrost vectorised s, full metric set (aim >= 10)",
+})
+def bench_analytics(quick: bool = False, repeat: int = 3) -> BenchResult:
+    "Seconds for the full metric set on 1,000 series × 10 years against empyrical in a loop."
+    from bifrost.analytics.bench import analytics_benchmark
+    n = 200 if quick else 1000
+    figures = analytics_benchmark(n_series=n, years=10, empyrical_series=20 if quick else 100, repeats=repeat)
+    ratios = {"speedup_vs_empyrical": round(figures.pop("speedup_vs_empyrical"), 2)}
+    env = bench_env()
+    env["workload"] = f"{n} block-bootstrapped real daily return series × 10 years, benchmark SPY"
+    env["method"] = f"best of {repeat}; empyrical timed on {int(figures['empyrical_series_timed'])} series and scaled"
+    return BenchResult("analytics", {k: round(v, 6) for k, v in figures.items()}, ratios, env)
