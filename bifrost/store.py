@@ -53,6 +53,22 @@ CREATE TABLE IF NOT EXISTS ingestions (
     rows_in BIGINT NOT NULL, rows_written BIGINT NOT NULL, rows_quarantined BIGINT NOT NULL,
     ticker TEXT, last_ts TIMESTAMPTZ);
 """),
+    (2, "portfolio ledger", """
+CREATE TABLE IF NOT EXISTS portfolios (
+    name TEXT PRIMARY KEY, base_currency TEXT NOT NULL, lot_method TEXT NOT NULL, long_only BOOLEAN NOT NULL,
+    opened_at TIMESTAMPTZ NOT NULL, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger_transactions (
+    portfolio TEXT NOT NULL, seq BIGINT NOT NULL, txn_id TEXT NOT NULL, kind TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL,
+    symbol TEXT, side TEXT, quantity TEXT, price TEXT, amount TEXT, currency TEXT, fee TEXT NOT NULL,
+    lot_method TEXT, lot_ids TEXT NOT NULL, pay_ts TIMESTAMPTZ, opened TIMESTAMPTZ, reason TEXT NOT NULL,
+    PRIMARY KEY (portfolio, seq), UNIQUE (portfolio, txn_id));
+CREATE TABLE IF NOT EXISTS fx_rates (
+    base TEXT NOT NULL, quote TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL, rate TEXT NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (base, quote, ts));
+CREATE TABLE IF NOT EXISTS reconciliation_breaks (
+    portfolio TEXT NOT NULL, txn_id TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL, kind TEXT NOT NULL, item TEXT NOT NULL,
+    ledger TEXT NOT NULL, broker TEXT NOT NULL, difference TEXT NOT NULL, PRIMARY KEY (portfolio, txn_id, kind, item));
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
