@@ -30,7 +30,7 @@ from .store import PostgresStore, connect
 # %% auto #0
 __all__ = ['RATIO_MEANINGS', 'BENCHES', 'DAILY_FILES', 'INTRADAY_FILE', 'QUICK_DAILY', 'QUICK_INTRADAY_ROWS', 'DEFAULT_PG_URL',
            'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env', 'bench_ingest',
-           'bench_backtest', 'bench_analytics']
+           'bench_backtest', 'bench_analytics', 'bench_ledger']
 
 # %% ../nbs/12_bench.ipynb #f7cc002b
 RATIO_MEANINGS: dict[str, str] = {}  # ratio name -> what over what, and the aim; filled by `@benchmark`
@@ -446,3 +446,20 @@ def bench_analytics(quick: bool = False, repeat: int = 3) -> BenchResult:
     env["workload"] = f"{n} block-bootstrapped real daily return series × 10 years, benchmark SPY"
     env["method"] = f"best of {repeat}; empyrical timed on {int(figures['empyrical_series_timed'])} series and scaled"
     return BenchResult("analytics", {k: round(v, 6) for k, v in figures.items()}, ratios, env)
+
+# %% ../nbs/12_bench.ipynb #301fccef
+@benchmark("ledger", ratios={
+    "ledger_vs_float_reference": "exact ledger fills/s / float dict with no lots or checks fills/s (the cost of exactness)",
+    "pnl_nav_vs_aim": "50 ms aim / P&L + NAV ms for 1,000 positions (>= 1 meets the aim)",
+    "fills_vs_aim": "ledger fills/s / 100,000 aim (>= 1 meets the aim)",
+})
+def bench_ledger(quick: bool = False, repeat: int = 3) -> BenchResult:
+    "Fills per second into the exact ledger, and P&L + NAV time of a 1,000-position portfolio."
+    from bifrost.portfolio.bench import ledger_benchmark
+    figures = {k: round(v, 3) for k, v in ledger_benchmark(quick=quick).items()}
+    ratios = {"ledger_vs_float_reference": round(figures["fills_per_s"] / figures["float_reference_fills_per_s"], 4),
+              "pnl_nav_vs_aim": round(50.0 / figures["pnl_nav_ms"], 2),
+              "fills_vs_aim": round(figures["fills_per_s"] / 100_000, 2)}
+    env = bench_env()
+    env["workload"] = f"{int(figures['fills']):,} fills over {int(figures['positions']):,} symbols"
+    return BenchResult("ledger", figures, ratios, env)
