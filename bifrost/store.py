@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS reconciliation_breaks (
     portfolio TEXT NOT NULL, txn_id TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL, kind TEXT NOT NULL, item TEXT NOT NULL,
     ledger TEXT NOT NULL, broker TEXT NOT NULL, difference TEXT NOT NULL, PRIMARY KEY (portfolio, txn_id, kind, item));
 """),
+    (3, "strategy versions", """
+CREATE TABLE IF NOT EXISTS strategy_versions (
+    version TEXT PRIMARY KEY, name TEXT NOT NULL, class_path TEXT NOT NULL, params TEXT NOT NULL,
+    code_hash TEXT NOT NULL, registered_at TIMESTAMPTZ NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS strategy_promotions (
+    name TEXT NOT NULL, seq INTEGER NOT NULL, version TEXT NOT NULL, promoted_at TIMESTAMPTZ NOT NULL,
+    reason TEXT NOT NULL, PRIMARY KEY (name, seq));
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
