@@ -281,6 +281,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'bifrost.cli.portfolio_reconcile': ('cli.html#portfolio_reconcile', 'bifrost/cli.py'),
                              'bifrost.cli.portfolio_show': ('cli.html#portfolio_show', 'bifrost/cli.py'),
                              'bifrost.cli.quarantine_summary': ('cli.html#quarantine_summary', 'bifrost/cli.py'),
+                             'bifrost.cli.report': ('cli.html#report', 'bifrost/cli.py'),
                              'bifrost.cli.run': ('cli.html#run', 'bifrost/cli.py'),
                              'bifrost.cli.store_summary': ('cli.html#store_summary', 'bifrost/cli.py'),
                              'bifrost.cli.strategy_list': ('cli.html#strategy_list', 'bifrost/cli.py'),
