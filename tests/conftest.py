@@ -91,3 +91,14 @@ def store(store_url):
 @pytest.fixture(name="make_bars")
 def make_bars_fixture():
     return make_bars
+
+
+def sample_panel(folder, symbol: str, start: str, end: str):
+    "Daily bars of one shipped-sample symbol, through a throwaway DuckDB store in `folder` (only that feed ingested)."
+    from bifrost.data.ingest import ingest
+    from bifrost.data.sources import SAMPLE, SampleSource
+    from bifrost.strategy.api import Panel
+    store = connect(f"duckdb:///{folder}/{symbol.lower()}.duckdb")
+    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == symbol and f.spec.bar_size == "1d")
+    ingest(store, SampleSource(feeds), progress=False)
+    return Panel.from_store(store, [symbol], start=start, end=end)

@@ -24,10 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import sample_panel
 
-from bifrost.data.ingest import ingest
-from bifrost.data.sources import SAMPLE, SampleSource
-from bifrost.store import connect
 from bifrost.strategy.api import FIELDS, Costs, Panel, Param, SmaCross, Strategy, StrategyError
 from bifrost.strategy.research import (
     GridBayes,
@@ -47,12 +45,7 @@ COSTS = Costs(per_share=0.005, minimum=1.0)
 @pytest.fixture(scope="module")
 def spy(tmp_path_factory) -> Panel:
     "SPY daily bars 2011–2020 from the shipped sample (only that feed is ingested: ~1 s)."
-    store = connect(f"duckdb:///{tmp_path_factory.mktemp('research')}/spy.duckdb")
-    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY" and f.spec.bar_size == "1d")
-    ingest(store, SampleSource(feeds), progress=False)
-    panel = Panel.from_store(store, ["SPY"], start="2011-01-01", end="2020-12-31")
-    store.close()
-    return panel
+    return sample_panel(tmp_path_factory.mktemp("research"), "SPY", "2011-01-01", "2020-12-31")
 
 
 class AlwaysLong(Strategy):

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import sample_panel
 from mlflow.tracking import MlflowClient
 
 from bifrost.core import SimulatedClock
-from bifrost.data.ingest import ingest
-from bifrost.data.sources import SAMPLE, SampleSource
-from bifrost.store import connect
 from bifrost.strategy.api import Costs, Panel, SmaCross
 from bifrost.strategy.research import walk_forward
 from bifrost.strategy.tracking import track, tracked_run, tracking_uri
@@ -34,12 +32,7 @@ START = datetime(2024, 3, 1, 21, 5, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def spy(tmp_path_factory) -> Panel:
-    store = connect(f"duckdb:///{tmp_path_factory.mktemp('tracking')}/spy.duckdb")
-    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY" and f.spec.bar_size == "1d")
-    ingest(store, SampleSource(feeds), progress=False)
-    panel = Panel.from_store(store, ["SPY"], start="2014-01-01", end="2020-12-31")
-    store.close()
-    return panel
+    return sample_panel(tmp_path_factory.mktemp("tracking"), "SPY", "2014-01-01", "2020-12-31")
 
 
 @pytest.fixture(scope="module")
