@@ -278,7 +278,7 @@ def omega_ratio(returns, periods_per_year: float = DEFAULT_PERIODS_PER_YEAR,
     p = as_panel(returns)
     e = np.where(p.present, p.x - per_period_rate(required_return, periods_per_year), 0.0)
     gains, losses = np.maximum(e, 0).sum(axis=0), -np.minimum(e, 0).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         ratio = gains / losses  # losses of a denormal size overflow: not a number anyone can use
         return p.out(p.where_n(np.where((losses > 0) & np.isfinite(ratio), ratio, np.nan), 2))
 
