@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import configparser
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
@@ -22,7 +22,9 @@ import pandas as pd
 __all__ = ['DEFAULTS', 'BAR_SIZES', 'BifrostError', 'ConfigError', 'StoreError', 'StoreLockedError', 'MigrationError',
            'DataError', 'SourceUnavailableError', 'CalendarError', 'Setting', 'Settings', 'load_settings', 'mask_url',
            'AssetClass', 'Side', 'OrderType', 'TimeInForce', 'OrderStatus', 'Instrument', 'Bar', 'Order', 'Fill',
-           'Position', 'bar_size_delta', 'Clock', 'LiveClock', 'SimulatedClock', 'TradingCalendar']
+           'Position', 'Verdict', 'Check', 'Decision', 'AccountState', 'BrokerError', 'OrderRejectedError',
+           'BrokerUnavailableError', 'BrokerOrder', 'Broker', 'bar_size_delta', 'Clock', 'LiveClock', 'SimulatedClock',
+           'TradingCalendar']
 
 # %% ../nbs/00_core.ipynb #da7f2ae3
 class BifrostError(Exception):
@@ -286,6 +288,122 @@ class Position:
     def __post_init__(self):
         object.__setattr__(self, "quantity", _dec(self.quantity, "quantity"))
         object.__setattr__(self, "avg_cost", _dec(self.avg_cost, "avg_cost"))
+
+# %% ../nbs/00_core.ipynb #bd422eb6
+class Verdict(str, Enum):
+    PASS = "pass"
+    WARN = "warn"    # recorded, the order goes on
+    BLOCK = "block"  # the order stops here
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    "One limit's or rule's answer about one order: `source` is `risk` or `compliance`."
+    source: str
+    name: str
+    verdict: Verdict
+    reason: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "verdict", Verdict(self.verdict))
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    "The pre-trade gate's answer: approved unless some check blocks; `checks` holds every answer."
+    order: Order
+    checks: tuple[Check, ...]
+
+    @property
+    def approved(self) -> bool:
+        return all(c.verdict is not Verdict.BLOCK for c in self.checks)
+
+    @property
+    def reasons(self) -> list[str]:
+        "Why the order was blocked or warned about, one line per check that did not simply pass."
+        return [f"{c.verdict.value}: {c.source}/{c.name}: {c.reason}" for c in self.checks if c.verdict is not Verdict.PASS]
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    "An exact picture of one account at `as_of`, all the gate reads; quantities are signed (negative is short)."
+    account: str
+    as_of: datetime
+    cash: Decimal
+    positions: Mapping[str, Decimal]
+    prices: Mapping[str, Decimal]                     # last price of every symbol held or ordered
+    instruments: Mapping[str, Instrument] = field(default_factory=dict)
+    start_of_day_equity: Decimal | None = None        # for the daily loss limit
+    peak_equity: Decimal | None = None                # for the drawdown limit
+    open_orders: tuple[Order, ...] = ()
+    fills: tuple[Fill, ...] = ()                      # recent fills, oldest first (day trades, wash sales)
+
+    def __post_init__(self):
+        object.__setattr__(self, "as_of", _utc(self.as_of, "AccountState.as_of"))
+        object.__setattr__(self, "cash", _dec(self.cash, "cash"))
+        object.__setattr__(self, "positions", {s: _dec(q, f"position {s}") for s, q in self.positions.items() if q != 0})
+        object.__setattr__(self, "prices", {s: _dec(p, f"price {s}") for s, p in self.prices.items()})
+        for s, p in self.prices.items():
+            if p <= 0:
+                raise ValueError(f"price of {s} must be positive, was {p}")
+        missing = set(self.positions) - set(self.prices)
+        if missing:
+            raise ValueError(f"no price for held {sorted(missing)}: the account cannot be valued")
+
+    def market_value(self, symbol: str) -> Decimal:
+        "Signed market value of the position in `symbol` (0 if none)."
+        q = self.positions.get(symbol, Decimal(0))
+        return q * self.prices[symbol] if q else Decimal(0)
+
+    @property
+    def equity(self) -> Decimal:
+        return self.cash + sum((self.market_value(s) for s in self.positions), Decimal(0))
+
+    def after(self, order: Order, price: Decimal | None = None) -> "AccountState":
+        "The account as if `order` filled in full at `price` (default: the last price), for what-if limits."
+        px = _dec(price, "price") if price is not None else self.prices.get(order.symbol)
+        if px is None:
+            raise ValueError(f"no price for {order.symbol}: cannot value the order")
+        q = order.side.sign * order.quantity
+        positions = dict(self.positions)
+        positions[order.symbol] = positions.get(order.symbol, Decimal(0)) + q
+        prices = {**self.prices, order.symbol: self.prices.get(order.symbol, px)}
+        return replace(self, cash=self.cash - q * px, positions=positions, prices=prices)
+
+# %% ../nbs/00_core.ipynb #c40b4e23
+class BrokerError(BifrostError):
+    "A broker said no, or could not be asked."
+
+class OrderRejectedError(BrokerError):
+    "The broker answered and refused the order: a definite outcome."
+
+class BrokerUnavailableError(BrokerError):
+    "A timeout, a dropped connection, a rate limit or an empty answer: the outcome is UNKNOWN, never 'not sent'."
+
+@dataclass(frozen=True, slots=True)
+class BrokerOrder:
+    "What a broker says about one of our orders."
+    client_order_id: str
+    broker_order_id: str
+    status: OrderStatus
+    filled_quantity: Decimal = Decimal(0)
+    avg_fill_price: Decimal | None = None
+    reason: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", OrderStatus(self.status))
+        object.__setattr__(self, "filled_quantity", _dec(self.filled_quantity, "filled_quantity"))
+        if self.avg_fill_price is not None:
+            object.__setattr__(self, "avg_fill_price", _dec(self.avg_fill_price, "avg_fill_price"))
+
+@runtime_checkable
+class Broker(Protocol):
+    "What the OMS needs of a broker. Every call may raise `BrokerUnavailableError` (outcome unknown)."
+    name: str
+    def submit(self, order: Order) -> BrokerOrder: ...
+    def cancel(self, client_order_id: str) -> BrokerOrder: ...
+    def get_order(self, client_order_id: str) -> BrokerOrder | None: ...  # None: the broker has never seen it
+    def open_orders(self) -> list[BrokerOrder]: ...
+    def fills(self, since: datetime | None = None) -> list[Fill]: ...     # fills reported after `since`
+    def positions(self) -> dict[str, Decimal]: ...
+    def cash(self) -> Decimal: ...
 
 # %% ../nbs/00_core.ipynb #f2f1037b
 BAR_SIZES = ("1min", "5min", "15min", "30min", "1h", "1d")

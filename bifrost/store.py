@@ -77,6 +77,37 @@ CREATE TABLE IF NOT EXISTS strategy_promotions (
     name TEXT NOT NULL, seq INTEGER NOT NULL, version TEXT NOT NULL, promoted_at TIMESTAMPTZ NOT NULL,
     reason TEXT NOT NULL, PRIMARY KEY (name, seq));
 """),
+    (4, "risk and compliance", """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq BIGINT PRIMARY KEY, ts TIMESTAMPTZ NOT NULL, kind TEXT NOT NULL, account TEXT NOT NULL, subject TEXT NOT NULL,
+    payload TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS risk_limits (
+    account TEXT NOT NULL, version INTEGER NOT NULL, effective_from TIMESTAMPTZ NOT NULL, config TEXT NOT NULL,
+    set_at TIMESTAMPTZ NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (account, version));
+CREATE TABLE IF NOT EXISTS risk_alerts (
+    alert_id TEXT PRIMARY KEY, account TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
+    message TEXT NOT NULL, value TEXT, threshold TEXT, acknowledged_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS compliance_rules (
+    account TEXT NOT NULL, rule TEXT NOT NULL, version INTEGER NOT NULL, effective_from DATE NOT NULL, effective_to DATE,
+    config TEXT NOT NULL, enabled BOOLEAN NOT NULL, recorded_at TIMESTAMPTZ NOT NULL, note TEXT NOT NULL,
+    PRIMARY KEY (account, rule, version));
+"""),
+    (5, "execution", """
+CREATE TABLE IF NOT EXISTS orders (
+    client_order_id TEXT PRIMARY KEY, account TEXT NOT NULL, broker TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL,
+    quantity TEXT NOT NULL, order_type TEXT NOT NULL, time_in_force TEXT NOT NULL, limit_price TEXT, stop_price TEXT,
+    status TEXT NOT NULL, broker_order_id TEXT, filled_quantity TEXT NOT NULL, avg_fill_price TEXT,
+    created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL, parent_id TEXT, strategy TEXT, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS order_events (
+    client_order_id TEXT NOT NULL, seq INTEGER NOT NULL, ts TIMESTAMPTZ NOT NULL, from_status TEXT, to_status TEXT NOT NULL,
+    detail TEXT NOT NULL, PRIMARY KEY (client_order_id, seq));
+CREATE TABLE IF NOT EXISTS order_fills (
+    broker TEXT NOT NULL, fill_id TEXT NOT NULL, client_order_id TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL,
+    quantity TEXT NOT NULL, price TEXT NOT NULL, commission TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (broker, fill_id));
+CREATE TABLE IF NOT EXISTS trading_controls (
+    name TEXT PRIMARY KEY, value TEXT NOT NULL, set_at TIMESTAMPTZ NOT NULL, reason TEXT NOT NULL);
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -385,6 +416,13 @@ class PostgresStore(Store):
         con.execute("DROP TABLE _incoming")
 
     def _after_migration(self, con, version):
+        if version == 4:  # the audit trail is append-only for every role, the owner included
+            con.execute("CREATE OR REPLACE FUNCTION bifrost_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+                        "$$ BEGIN RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP; END $$")
+            con.execute("CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+                        "FOR EACH ROW EXECUTE FUNCTION bifrost_audit_append_only()")
+            con.execute("CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
+                        "FOR EACH STATEMENT EXECUTE FUNCTION bifrost_audit_append_only()")
         if version != 1:
             return
         con.execute("SAVEPOINT timescale")
