@@ -16,6 +16,7 @@ from ..core import TradingCalendar, bar_size_delta
 from ..data.ingest import ingest
 from ..data.read import read_bars
 from ..data.sources import SAMPLE, SampleSource
+from ..risk.var import var_cvar_sorted
 from ..store import connect
 
 # %% auto #0
@@ -306,20 +307,9 @@ def kurtosis(returns) -> float | np.ndarray:
 # %% ../../nbs/07a_analytics.kernels.ipynb #60389483
 def historical_var_cvar(returns, level: float = 0.95) -> tuple[float | np.ndarray, float | np.ndarray]:
     "Historical value at risk and conditional value at risk at `level`, as positive losses."
-    if not 0 < level < 1:
-        raise ValueError(f"level must be between 0 and 1, was {level}")
     p = as_panel(returns)
-    var = 0.0 - p.quantile(1 - level)  # 0.0 - x, not -x: no negative zero
-    k = np.floor((p.n - 1) * (1 - level)).astype(np.intp)  # the worst k + 1 returns make the tail
-    if p.T and not p.has_missing:  # one tail length for all: sum the first k + 1 sorted rows
-        tail = p.sorted[: k[0] + 1].sum(axis=0) / (k[0] + 1)
-    elif p.T:
-        csum = np.cumsum(np.nan_to_num(p.sorted), axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tail = csum[np.clip(k, 0, p.T - 1), np.arange(p.N)] / (k + 1)
-    else:
-        tail = np.full(p.N, np.nan)
-    return p.out(var), p.out(p.where_n(0.0 - tail))
+    var, cvar = var_cvar_sorted(p.sorted, p.n, level)
+    return p.out(var), p.out(cvar)
 
 # %% ../../nbs/07a_analytics.kernels.ipynb #d3812b29
 def _signed_sums(p: ReturnsPanel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
