@@ -1,0 +1,162 @@
+"Paper broker: invariants over random bars and orders, and a replay of every sample day of SPY and AAPL minutes."
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bifrost.core import (Bar, Broker, Order, OrderRejectedError, OrderStatus, OrderType, Side, SimulatedClock,
+                          TimeInForce, TradingCalendar)
+from bifrost.data.sources import SAMPLE, SampleSource
+from bifrost.execution.paper import Commission, PaperBroker, Slippage
+
+T0 = datetime(2024, 3, 4, 14, 30, tzinfo=timezone.utc)
+CAL = TradingCalendar("XNYS", start="2010-01-01")
+
+prices = st.integers(9_000, 11_000)  # cents
+bars_ = st.lists(st.tuples(prices, prices, prices, prices, st.integers(0, 5_000)), min_size=1, max_size=25)
+orders_ = st.lists(st.tuples(st.sampled_from(["buy", "sell"]), st.integers(1, 800),
+                             st.sampled_from(list(OrderType)), prices, prices,
+                             st.sampled_from(list(TimeInForce)), st.integers(0, 10)), max_size=12)
+
+
+def _order(k, side, qty, kind, p1, p2, tif):
+    lim = Decimal(p1) / 100 if kind in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None
+    stop = Decimal(p2) / 100 if kind in (OrderType.STOP, OrderType.STOP_LIMIT) else None
+    return Order(f"o{k}", "XYZ", Side(side), Decimal(qty), kind, tif, limit_price=lim, stop_price=stop)
+
+
+@settings(max_examples=150, deadline=None)
+@given(bars=bars_, orders=orders_, participation=st.sampled_from(["0.1", "0.5", "1", None]))
+def test_random_books_reconcile_exactly(bars, orders, participation):
+    clock = SimulatedClock(T0)
+    pb = PaperBroker(clock, cash=50_000, commission=Commission(per_share="0.005", minimum=1), slippage=Slippage(5),
+                     participation=participation, calendar=CAL)
+    by_minute = {}
+    for k, (side, qty, kind, p1, p2, tif, minute) in enumerate(orders):
+        by_minute.setdefault(minute, []).append(_order(k, side, qty, kind, p1, p2, tif))
+    made, sent = [], []
+    for m, (a, b, c, d, v) in enumerate(bars):
+        clock.set(T0 + timedelta(minutes=m))
+        for o in by_minute.get(m, []):
+            pb.submit(o)
+            sent.append(o)
+        lo, hi = min(a, b, c, d) / 100, max(a, b, c, d) / 100
+        bar = Bar("XYZ", clock.now(), a / 100, hi, lo, d / 100, v)
+        new = pb.on_bar(bar)
+        made += new
+        total = sum((f.quantity for f in new), Decimal(0))
+        cap = Decimal(v) if participation is None else int(Decimal(v) * Decimal(participation))
+        assert total <= cap, "a bar gave more than its share of volume"
+        for f in new:
+            assert Decimal(str(lo)) <= f.price <= Decimal(str(hi)), f"{f} outside its bar {bar}"
+    assert pb.fills() == made
+    assert len({f.fill_id for f in made}) == len(made)
+    signed = sum((f.side.sign * f.quantity for f in made), Decimal(0))
+    assert pb.positions().get("XYZ", Decimal(0)) == signed
+    assert pb.cash() == Decimal(50_000) - sum((f.side.sign * f.quantity * f.price + f.commission for f in made),
+                                              Decimal(0))
+    for o in sent:
+        got = pb.get_order(o.client_order_id)
+        mine = [f for f in made if f.client_order_id == o.client_order_id]
+        assert got.filled_quantity == sum((f.quantity for f in mine), Decimal(0)) <= o.quantity
+        assert (got.status is OrderStatus.FILLED) == (got.filled_quantity == o.quantity)
+        if o.order_type is OrderType.LIMIT:
+            assert all(f.price <= o.limit_price if o.side is Side.BUY else f.price >= o.limit_price for f in mine)
+        if o.time_in_force is TimeInForce.FOK:
+            assert got.filled_quantity in (0, o.quantity)
+        if o.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
+            assert len({f.ts for f in mine}) <= 1, "IOC/FOK traded in more than one bar"
+    open_ids = {o.client_order_id for o in pb.open_orders()}
+    assert all(not pb.get_order(i).status.is_terminal for i in open_ids)
+
+
+def test_commission_minimum_is_charged_once_per_order():
+    clock = SimulatedClock(T0)
+    pb = PaperBroker(clock, cash=0, commission=Commission(per_share="0.005", minimum=1), participation="0.1",
+                     calendar=CAL)
+    pb.submit(Order("a", "XYZ", Side.BUY, Decimal(300)))
+    fills = pb.on_bars(pd.DataFrame({"ts": [T0 + timedelta(minutes=k) for k in range(3)], "open": 10.0,
+                                     "high": 10.0, "low": 10.0, "close": 10.0, "volume": 1_000.0}), symbol="XYZ")
+    assert [f.commission for f in fills] == [Decimal("1.00"), Decimal(0), Decimal("0.50")]
+    assert pb.cash() == Decimal(-3000) - Decimal("1.50")
+
+
+def test_an_order_never_trades_in_a_bar_that_started_before_it():
+    clock = SimulatedClock(T0 + timedelta(seconds=30))
+    pb = PaperBroker(clock, cash=0, calendar=CAL)
+    pb.submit(Order("a", "XYZ", Side.BUY, Decimal(1)))
+    assert pb.on_bar(Bar("XYZ", T0, 10, 10, 10, 10, 100)) == []
+    assert [f.ts for f in pb.on_bar(Bar("XYZ", T0 + timedelta(minutes=1), 10, 10, 10, 10, 100))] == \
+        [T0 + timedelta(minutes=1)]
+
+
+def test_pre_market_bars_fill_nothing_unless_extended_hours():
+    pre = T0 - timedelta(hours=2)
+    for extended, expect in ((False, 0), (True, 1)):
+        pb = PaperBroker(SimulatedClock(pre), cash=0, calendar=CAL, extended_hours=extended)
+        pb.submit(Order("a", "XYZ", Side.BUY, Decimal(1), time_in_force=TimeInForce.GTC))
+        assert len(pb.on_bar(Bar("XYZ", pre, 10, 10, 10, 10, 100))) == expect
+
+
+def test_day_order_sent_after_the_close_works_the_next_session():
+    friday_evening = datetime(2024, 3, 1, 22, 0, tzinfo=timezone.utc)
+    pb = PaperBroker(SimulatedClock(friday_evening), cash=0, calendar=CAL)
+    pb.submit(Order("a", "XYZ", Side.BUY, Decimal(1)))
+    assert pb.get_order("a").status is OrderStatus.ACCEPTED
+    assert len(pb.on_bar(Bar("XYZ", T0, 10, 10, 10, 10, 100))) == 1  # Monday's open
+
+
+def test_rejections_change_nothing():
+    pb = PaperBroker(SimulatedClock(T0), cash=100, calendar=CAL)
+    pb.submit(Order("a", "XYZ", Side.BUY, Decimal(1)))
+    with pytest.raises(OrderRejectedError, match="already used"):
+        pb.submit(Order("a", "XYZ", Side.SELL, Decimal(5)))
+    with pytest.raises(OrderRejectedError, match="no order"):
+        pb.cancel("nope")
+    assert [o.client_order_id for o in pb.open_orders()] == ["a"] and pb.cash() == 100
+    assert isinstance(pb, Broker)
+
+
+def _minutes(ticker):
+    f = next(f for f in SAMPLE if f.spec.ticker == ticker and f.spec.bar_size == "1min")
+    return SampleSource((f,)).fetch(f.spec).bars.assign(symbol=ticker)
+
+
+def test_replay_of_every_sample_day_reconciles_with_its_fills():
+    "Both one-minute samples, SPY and AAPL (its 7:1 split day included), every day, one interleaved tape."
+    bars = pd.concat([_minutes("SPY"), _minutes("AAPL")], ignore_index=True).sort_values(["ts", "symbol"])
+    clock = SimulatedClock(bars.ts.iloc[0].to_pydatetime())
+    pb = PaperBroker(clock, cash=1_000_000, commission=Commission(bps=1, minimum=1), slippage=Slippage(2),
+                     participation="0.02", calendar=CAL)
+    n = 0
+    for row in bars.itertuples():
+        t = row.ts.to_pydatetime()
+        pb.on_bar(Bar(row.symbol, t, row.open, row.high, row.low, row.close, row.volume))
+        if t + timedelta(minutes=1) > clock.now():
+            clock.set(t + timedelta(minutes=1))  # the bar is over: what is decided now trades in a later bar
+        if f"{row.ts.tz_convert('America/New_York'):%H:%M}" == "15:50":  # too big to fill before the close
+            pb.submit(Order(f"big{t:%m%d}{row.symbol}", row.symbol, Side.BUY, Decimal(1_000_000)))
+        if t.minute % 15 == 0:  # alternate buying and selling 3,000 at market, limits around the close
+            n += 1
+            side = Side.BUY if n % 2 else Side.SELL
+            pb.submit(Order(f"m{n}", row.symbol, side, Decimal(3000)))
+            off = Decimal("-0.05") if side is Side.BUY else Decimal("0.05")
+            pb.submit(Order(f"l{n}", row.symbol, side, Decimal(700), OrderType.LIMIT, TimeInForce.GTC,
+                            limit_price=Decimal(repr(row.close)).quantize(Decimal("0.01")) + off))
+    fills = pb.fills()
+    assert len(fills) > 300
+    counts = pd.Series([f.client_order_id for f in fills]).value_counts()
+    assert counts.max() > 1, "no order filled in parts"
+    assert any(pb.get_order(k).status is OrderStatus.EXPIRED for k in counts.index), "no partly filled order expired"
+    for sym in ("SPY", "AAPL"):
+        assert pb.positions().get(sym, Decimal(0)) == sum((f.side.sign * f.quantity for f in fills if f.symbol == sym),
+                                                          Decimal(0))
+    assert pb.cash() == Decimal(1_000_000) - sum((f.side.sign * f.quantity * f.price + f.commission for f in fills),
+                                                 Decimal(0))
+    by_order = {}
+    for f in fills:
+        by_order[f.client_order_id] = by_order.get(f.client_order_id, Decimal(0)) + f.quantity
+    assert all(pb.get_order(k).filled_quantity == q for k, q in by_order.items())
