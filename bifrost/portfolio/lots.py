@@ -437,9 +437,41 @@ class Book:
             return self._move_units(t, t.quantity, "adjustments", dry)
         return self._cash_move(t, 1, "adjustments", dry)
 
+    def _basis_adjustment(self, t: Transaction, dry: bool = False):
+        "Add `amount` to the basis of `quantity` units (default: all) of one open long lot, split off if fewer."
+        cur = self._instrument(t).currency
+        what, lot_id = f"basis_adjustment {t.txn_id!r}", t.lot_ids[0]
+        amount = self._whole(t.amount, cur, t, "amount")
+        if self.lot_method is LotMethod.AVERAGE:
+            raise LedgerError(f"{what}: an average-cost portfolio pools its lots, so no one lot can be adjusted",
+                              hint="wash sales and other lot adjustments need a lot method that keeps lots")
+        p = self._pos.get(t.symbol)
+        lot = next((l for l in p.lots if l.lot_id == lot_id), None) if p is not None else None
+        if lot is None or lot.qty < 0:
+            open_ids = [l.lot_id for l in p.lots] if p is not None else []
+            raise LedgerError(f"{what}: {lot_id!r} is not an open long {t.symbol} lot",
+                              hint=f"adjust a lot while it is open (open {t.symbol} lots: {open_ids})")
+        units = t.quantity if t.quantity is not None else lot.qty
+        if units > lot.qty:
+            raise LedgerError(f"{what}: adjusts {units} units of lot {lot_id!r}, which holds {lot.qty}")
+        if dry:
+            return True
+        if units == lot.qty:
+            lot.basis += amount
+            lot.opened = t.opened or lot.opened
+        else:  # the adjusted units become a lot of their own (id: this transaction's), just before the rest
+            part = prorate(lot.basis, units, lot.qty, cur)
+            lot.qty -= units
+            lot.basis -= part
+            p.lots.insert(p.lots.index(lot), _Lot(t.txn_id, t.opened or lot.opened, units, part + amount))
+        p.basis += amount
+        self._add(cur, "realised", amount, t.symbol)  # the loss deferred into the basis leaves realised P&L
+        return False
+
 _HANDLERS = {_K.FILL: Book._fill, _K.DEPOSIT: Book._deposit, _K.WITHDRAWAL: Book._withdrawal, _K.FEE: Book._fee,
              _K.DIVIDEND: Book._dividend, _K.SPLIT: Book._split, _K.TRANSFER_IN: Book._transfer_in,
-             _K.TRANSFER_OUT: Book._transfer_out, _K.ADJUSTMENT: Book._adjustment}
+             _K.TRANSFER_OUT: Book._transfer_out, _K.ADJUSTMENT: Book._adjustment,
+             _K.BASIS_ADJUSTMENT: Book._basis_adjustment}
 
 # %% ../../nbs/03c_portfolio.lots.ipynb #44e287e6
 @dataclass(frozen=True, slots=True)

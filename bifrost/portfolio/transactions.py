@@ -36,6 +36,7 @@ class TransactionKind(str, Enum):
     TRANSFER_IN = "transfer_in"    # units with their cost basis (amount), or cash (no symbol)
     TRANSFER_OUT = "transfer_out"  # units relieved at cost, or cash (no symbol)
     ADJUSTMENT = "adjustment"      # a correction with a reason: signed cash amount, or signed units at a cost
+    BASIS_ADJUSTMENT = "basis_adjustment"  # a tax-basis change of one open lot (a wash sale): amount, lot_ids, reason
 
 _K = TransactionKind
 
@@ -56,7 +57,8 @@ class Transaction:
     lot_method: LotMethod | None = None  # FILL: override the portfolio's method for this sale
     lot_ids: tuple[str, ...] = ()      # FILL with LotMethod.SPECIFIC: the lots to relieve, in order
     pay_ts: datetime | None = None     # DIVIDEND: when cash arrives (default: ts)
-    opened: datetime | None = None     # TRANSFER_IN: when the lot was first opened (default: ts)
+    opened: datetime | None = None     # TRANSFER_IN: when the lot was first opened (default: ts);
+                                       # BASIS_ADJUSTMENT: the lot's new holding-period start
     reason: str = ""
 
     def __post_init__(self):
@@ -118,9 +120,9 @@ class Transaction:
                 object.__setattr__(self, k, as_utc(getattr(self, k), f"{what}: {k}"))
         if self.side is not None or self.price is not None or self.fee or self.lot_method is not None:
             raise LedgerError(f"{what}: side, price, fee and lot_method belong to fills")
-        if self.lot_ids and kind not in (_K.TRANSFER_OUT, _K.ADJUSTMENT):
+        if self.lot_ids and kind not in (_K.TRANSFER_OUT, _K.ADJUSTMENT, _K.BASIS_ADJUSTMENT):
             raise LedgerError(f"{what}: lot_ids name lots to relieve, which a {kind.value} does not do")
-        if kind in (_K.DIVIDEND, _K.SPLIT) and not self.symbol:
+        if kind in (_K.DIVIDEND, _K.SPLIT, _K.BASIS_ADJUSTMENT) and not self.symbol:
             raise LedgerError(f"{what} needs a symbol")
         if kind in (_K.DEPOSIT, _K.WITHDRAWAL) and self.symbol:
             raise LedgerError(f"{what} moves cash only; it takes no symbol (was {self.symbol!r})")
@@ -150,10 +152,19 @@ class Transaction:
                     raise LedgerError(f"{what}: amount (cost basis) must be >= 0, was {self.amount}")
             elif not self.amount:
                 raise LedgerError(f"{what}: amount must be non-zero, was {self.amount}")
+        elif kind is _K.BASIS_ADJUSTMENT:
+            if not self.reason.strip():
+                raise LedgerError(f"{what}: a basis adjustment needs a reason", hint="say why, for the auditor")
+            if len(self.lot_ids) != 1:
+                raise LedgerError(f"{what}: a basis adjustment names exactly one lot, got {list(self.lot_ids)}")
+            if not self.amount:
+                raise LedgerError(f"{what}: amount (the change of basis) must be non-zero, was {self.amount}")
+            if self.quantity is not None and self.quantity <= 0:
+                raise LedgerError(f"{what}: quantity (units of the lot adjusted) must be positive, was {self.quantity}")
         if self.pay_ts is not None and (kind is not _K.DIVIDEND or self.pay_ts < self.ts):
             raise LedgerError(f"{what}: pay_ts belongs to a dividend and cannot precede its ex-date")
-        if self.opened is not None and (kind is not _K.TRANSFER_IN or self.opened > self.ts):
-            raise LedgerError(f"{what}: opened belongs to a transfer in and cannot follow it")
+        if self.opened is not None and (kind not in (_K.TRANSFER_IN, _K.BASIS_ADJUSTMENT) or self.opened > self.ts):
+            raise LedgerError(f"{what}: opened belongs to a transfer in or a basis adjustment and cannot follow it")
         self._check_currency(what)
 
     def _check_currency(self, what: str):
