@@ -161,3 +161,18 @@ def test_apply_wash_sales_when_replacement_sold_first_then_refused_and_nothing_w
     assert int(store.scalar("SELECT count(*) FROM ledger_transactions")) == rows
     assert len(AuditTrail(store).records(kind="compliance.wash_sale")) == 0
     assert len(find_wash_sales(p)) == 2
+
+
+def test_wash_sale_rule_when_in_a_rule_book_then_buy_after_loss_sale_warns():
+    from bifrost.compliance.rules import RuleBook, RuleVersion
+    from bifrost.core import AccountState, Fill, Order, Verdict
+    fills = (Fill("b", "o1", "XYZ", "buy", D(10), D(12), at("2024-03-01")),
+             Fill("s", "o2", "XYZ", "sell", D(10), D(10), at("2024-03-20")),
+             Fill("b2", "o3", "ABC", "buy", D(10), D(5), at("2024-03-21")))
+    book = RuleBook("a", [RuleVersion("wash_sale", 1, "2000-01-01", None, {"days": 30})])
+    state = lambda day: AccountState("a", at(day), D(1000), {"ABC": D(10)}, {"XYZ": D(10), "ABC": D(5)}, fills=fills)
+    buy = lambda s: Order("x", s, "buy", D(1))
+    c = book.check(buy("XYZ"), state("2024-04-19"))[0]
+    assert (c.verdict, c.name) == (Verdict.WARN, "wash_sale v1") and "loss of 20.00 on 2024-03-20" in c.reason
+    assert book.check(buy("XYZ"), state("2024-04-20"))[0].verdict is Verdict.PASS   # 31 days on
+    assert book.check(buy("ABC"), state("2024-04-19"))[0].verdict is Verdict.PASS   # another symbol
