@@ -21,12 +21,14 @@ from .data.sources import FeedSpec, FileSource, SampleSource
 from .store import Store, connect
 
 # %% auto #0
-__all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_app', 'check_app', 'strategy_app', 'DEMO_STEPS',
-           'main', 'config_show', 'db_migrate', 'db_status', 'ingest_sample', 'ingest_file', 'ingest_yfinance',
-           'ingest_alpaca', 'store_summary', 'quarantine_summary', 'data_list', 'data_show', 'data_quality',
-           'data_quarantine', 'portfolio_list', 'portfolio_open', 'portfolio_show', 'portfolio_pnl',
-           'portfolio_reconcile', 'backtest', 'report', 'sweep', 'walkforward', 'check_lookahead_cmd', 'strategy_list',
-           'strategy_register', 'strategy_promote', 'strategy_rollback', 'bench', 'DemoStep', 'demo', 'run']
+__all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_app', 'check_app', 'strategy_app', 'risk_app',
+           'audit_app', 'compliance_app', 'DEMO_STEPS', 'main', 'config_show', 'db_migrate', 'db_status',
+           'ingest_sample', 'ingest_file', 'ingest_yfinance', 'ingest_alpaca', 'store_summary', 'quarantine_summary',
+           'data_list', 'data_show', 'data_quality', 'data_quarantine', 'portfolio_list', 'portfolio_open',
+           'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'backtest', 'report', 'sweep', 'walkforward',
+           'check_lookahead_cmd', 'strategy_list', 'strategy_register', 'strategy_promote', 'strategy_rollback',
+           'risk_limits', 'risk_alerts', 'compliance_rules', 'kill', 'audit_verify', 'audit_show', 'bench', 'DemoStep',
+           'demo', 'run']
 
 # %% ../nbs/13_cli.ipynb #712e5520
 app = typer.Typer(help="Bifrost: research-to-production trading, from the notebook.", no_args_is_help=True,
@@ -358,6 +360,83 @@ def strategy_rollback(name: str, reason: str = "rollback"):
     "Promote again the version promoted before the current one."
     from bifrost.strategy.versions import rollback
     typer.echo(f"{name}: rolled back to {rollback(_store(), name, LiveClock(), reason)}")
+
+# %% ../nbs/13_cli.ipynb #9ce805ae
+risk_app = typer.Typer(help="Risk limits and alerts.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+compliance_app = typer.Typer(help="Compliance rules and reports.", no_args_is_help=True)
+for sub, name in ((risk_app, "risk"), (audit_app, "audit"), (compliance_app, "compliance")):
+    app.add_typer(sub, name=name)
+
+@risk_app.command("limits")
+def risk_limits(account: str, set_: list[str] = typer.Option([], "--set", help="name=value (repeatable)."),
+                reason: str = typer.Option("", help="Why the limits change (required with --set)."),
+                effective_from: Optional[str] = typer.Option(None, help="ISO time the new limits apply from.")):
+    "Show an account's limits, or record a new version of them."
+    from bifrost.risk.limits import Limits, limit_history, load_limits, save_limits
+    store = _store()
+    if set_:
+        pairs = _pairs(set_, "--set")
+        if "restricted" in pairs:
+            pairs["restricted"] = frozenset(s for s in pairs["restricted"].split(",") if s.strip())
+        now = LiveClock().now()
+        start = now
+        if effective_from:  # a time without a zone is UTC
+            ts = pd.Timestamp(effective_from)
+            start = (ts.tz_localize("UTC") if ts.tzinfo is None else ts).to_pydatetime()
+        version = save_limits(store, account, Limits(**pairs), start, now, reason)
+        typer.echo(f"{account}: limits v{version} in force from {start.isoformat()}")
+    typer.echo(load_limits(store, account).to_json())
+    _print(limit_history(store, account)[["version", "effective_from", "set_at", "reason"]])
+
+@risk_app.command("alerts")
+def risk_alerts(account: Optional[str] = typer.Argument(None)):
+    "Open (unacknowledged) risk alerts, newest first."
+    from bifrost.risk.limits import open_alerts
+    _print(open_alerts(_store(), account)[["ts", "account", "kind", "severity", "message", "alert_id"]])
+
+@compliance_app.command("rules")
+def compliance_rules(account: str):
+    "The account's compliance rule versions and when each applies."
+    from bifrost.compliance.rules import load_rulebook
+    _print(load_rulebook(_store(), account).table())
+
+@app.command("kill")
+def kill(state: str = typer.Argument(..., help="on, off or status"),
+         reason: str = typer.Option("", help="Why (required for on and off).")):
+    "The kill switch: `on` blocks new orders and cancels open ones at every OMS's next cycle."
+    from bifrost.audit import AuditTrail
+    from bifrost.execution.oms import kill_switch, set_kill_switch
+    store = _store()
+    if state not in ("on", "off", "status"):
+        raise BifrostError(f"kill takes on, off or status, not {state!r}")
+    if state != "status":
+        set_kill_switch(store, state == "on", reason, LiveClock().now(), AuditTrail(store))
+    k = kill_switch(store)
+    typer.echo(f"kill switch {'ON' if k['on'] else 'off'}" + (f" since {k['set_at']:%Y-%m-%d %H:%M:%S} UTC: {k['reason']}"
+                                                          if k["set_at"] is not None else ""))
+
+@audit_app.command("verify")
+def audit_verify(expect_head: Optional[str] = typer.Option(None, help="SEQ:HASH printed by an earlier verify.")):
+    "Recompute the hash chain; exit 1 and say where if any record was edited, deleted or reordered."
+    from bifrost.audit import AuditTrail
+    head = None
+    if expect_head:
+        seq, _, h = expect_head.partition(":")
+        head = (int(seq), h)
+    report = AuditTrail(_store(read_only=True)).verify(expect_head=head)
+    typer.echo(str(report))
+    if not report.ok:
+        raise typer.Exit(1)
+    typer.echo(f"head: {report.head_seq}:{report.head_hash}")
+
+@audit_app.command("show")
+def audit_show(account: Optional[str] = None, kind: Optional[str] = typer.Option(None, help="e.g. order.* or risk.breach"),
+               limit: int = typer.Option(50, help="The newest N records.")):
+    "The newest audit records."
+    from bifrost.audit import AuditTrail
+    _print(AuditTrail(_store(read_only=True)).records(account, kind, limit=limit)[["seq", "ts", "kind", "account",
+                                                                                    "subject", "payload"]])
 
 # %% ../nbs/13_cli.ipynb #b79a2cb9
 @app.command("bench")
