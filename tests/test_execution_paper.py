@@ -160,3 +160,27 @@ def test_replay_of_every_sample_day_reconciles_with_its_fills():
     for f in fills:
         by_order[f.client_order_id] = by_order.get(f.client_order_id, Decimal(0)) + f.quantity
     assert all(pb.get_order(k).filled_quantity == q for k, q in by_order.items())
+
+
+def test_fills_since_is_inclusive_and_survives_bars_out_of_order():
+    clock = SimulatedClock(T0)
+    pb = PaperBroker(clock, cash=0, calendar=CAL)
+    for k, minute in enumerate([0, 1, 2, 1]):  # the last bar is late: another symbol's tape, replayed behind
+        sym = "XYZ" if k < 3 else "ABC"
+        pb.submit(Order(f"o{k}", sym, Side.BUY, Decimal(1), time_in_force=TimeInForce.GTC))
+        pb.on_bar(Bar(sym, T0 + timedelta(minutes=minute), 10, 10, 10, 10, 100))
+    times = [f.ts for f in pb.fills()]
+    assert times == [T0 + timedelta(minutes=m) for m in (0, 1, 2, 1)]
+    for m in range(4):
+        since = T0 + timedelta(minutes=m)
+        assert pb.fills(since) == [f for f in pb.fills() if f.ts >= since]
+
+
+def test_quotes_fill_at_the_touch_within_the_size_shown():
+    pb = PaperBroker(SimulatedClock(T0), cash=0, calendar=CAL)
+    pb.submit(Order("b", "XYZ", Side.BUY, Decimal(300), OrderType.LIMIT, TimeInForce.IOC, limit_price=Decimal("10.01")))
+    fills = pb.on_quote("XYZ", T0, Decimal("10.00"), Decimal("10.01"), ask_size=120)
+    assert [(f.quantity, f.price) for f in fills] == [(120, Decimal("10.01"))]
+    assert pb.get_order("b").status is OrderStatus.CANCELLED  # IOC: the rest is gone
+    with pytest.raises(ValueError, match="timezone-aware"):
+        pb.on_quote("XYZ", T0.replace(tzinfo=None), 10, 10.01)
