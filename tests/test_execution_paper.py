@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from bifrost.core import (Bar, Broker, Order, OrderRejectedError, OrderStatus, OrderType, Side, SimulatedClock,
                           TimeInForce, TradingCalendar)
 from bifrost.data.sources import SAMPLE, SampleSource
-from bifrost.execution.paper import Commission, PaperBroker, Slippage
+from bifrost.execution.costs import Commission, Slippage
+from bifrost.execution.paper import PaperBroker
 
 T0 = datetime(2024, 3, 4, 14, 30, tzinfo=timezone.utc)
 CAL = TradingCalendar("XNYS", start="2010-01-01")
