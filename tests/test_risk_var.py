@@ -103,6 +103,10 @@ def test_labels_units_and_decimal_positions():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"confidence": True}, "strictly between 0 and 1"),
+    ({"confidence": 0}, "strictly between 0 and 1"),
+    ({"horizon": 0}, "at least 1"),
+    ({"method": "normal", "returns": np.zeros(1)}, "at least 2"),
+    ({"returns": np.array([0.01, np.inf, 0.0])}, "NaN or infinite"),
     ({"confidence": "0.99"}, "strictly between 0 and 1"),
     ({"confidence": float("nan")}, "strictly between 0 and 1"),
     ({"horizon": True}, "whole number"),
