@@ -185,3 +185,23 @@ def test_quotes_fill_at_the_touch_within_the_size_shown():
     assert pb.get_order("b").status is OrderStatus.CANCELLED  # IOC: the rest is gone
     with pytest.raises(ValueError, match="timezone-aware"):
         pb.on_quote("XYZ", T0.replace(tzinfo=None), 10, 10.01)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bps=st.integers(0, 50), per_share=st.integers(0, 100), minimum=st.integers(0, 500), slip=st.integers(0, 100),
+       shares=st.integers(1, 100_000), cents=st.integers(100, 100_000), spread=st.integers(0, 500))
+def test_cost_models_agree_with_the_backtest_engines_costs(bps, per_share, minimum, slip, shares, cents, spread):
+    "The paper broker's models charge what `bifrost.strategy.api.Costs` charges, up to the cent and the tick."
+    from bifrost.strategy.api import Costs
+    from bifrost.execution.costs import cost_models
+    costs = Costs(commission_bps=bps / 10, per_share=per_share / 10_000, minimum=minimum / 100, slippage_bps=slip / 10)
+    commission, slippage = cost_models(costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps)
+    price = Decimal(cents) / 100
+    exact = commission.total(Decimal(shares), shares * price)
+    assert abs(float(exact) - costs.commission(shares, float(price))) <= 0.005 + 1e-9
+    low, high = price - Decimal(spread) / 100, price + Decimal(spread) / 100
+    tick = Decimal("0.01")
+    buy = slippage.price(Side.BUY, price, low, high, tick)
+    sell = slippage.price(Side.SELL, price, low, high, tick)
+    assert -1e-9 <= float(buy) - costs.buy_price(float(price), float(high)) < 0.01 + 1e-9  # rounded up to the tick
+    assert -1e-9 <= costs.sell_price(float(price), float(low)) - float(sell) < 0.01 + 1e-9  # rounded down
