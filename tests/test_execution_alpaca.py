@@ -1,17 +1,18 @@
 "AlpacaBroker end to end: the real alpaca-py client against AlpacaFake on loopback (REST and the trade_updates websocket)."
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
-from bifrost.core import (Broker, BrokerError, BrokerUnavailableError, ConfigError, Order, OrderRejectedError,
+from bifrost.core import (Broker, SimulatedClock, BrokerError, BrokerUnavailableError, ConfigError, Order, OrderRejectedError,
                           OrderStatus, OrderType, Side, TimeInForce)
 from bifrost.execution.alpaca import AlpacaBroker
 from bifrost.execution.alpaca_fake import AlpacaFake
 
 KEYS = ("test-key", "test-secret")
+T0 = datetime(2024, 3, 4, 15, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
@@ -25,7 +26,8 @@ def env(monkeypatch):
 
 @pytest.fixture
 def fake(env):
-    with AlpacaFake(cash=100_000, prices={"SPY": Decimal("167.72"), "AAPL": Decimal("92.50")}, keys=KEYS) as f:
+    with AlpacaFake(cash=100_000, prices={"SPY": Decimal("167.72"), "AAPL": Decimal("92.50")}, keys=KEYS,
+                    clock=SimulatedClock(T0)) as f:
         yield f
 
 
@@ -178,10 +180,12 @@ def test_keys_come_from_the_environment(env, fake):
 def test_fills_since_and_pages(broker, fake):
     broker.submit(Order("many", "AAPL", Side.BUY, Decimal(250)))
     for k in range(250):
+        fake.clock.advance(timedelta(milliseconds=250))
         fake.fill("many", 1, f"92.{k % 100:02d}")
     fills = broker.fills()
     assert len(fills) == 250 and len({f.fill_id for f in fills}) == 250
     assert sum(f.quantity for f in fills) == 250 == broker.positions()["AAPL"]
+    assert fills[0].ts == T0 + timedelta(milliseconds=250)
     assert [f.fill_id for f in broker.fills(since=fills[120].ts)] == [f.fill_id for f in fills[120:]]
     assert broker.fills(since=fills[-1].ts + timedelta(seconds=1)) == []
 
