@@ -15,6 +15,7 @@ import numpy as np
 from ..audit import AuditRecord, AuditTrail
 from ..core import AccountState, Check, Decision, Fill, Instrument, Order, Side, Verdict
 from ..risk.limits import LimitError, Limits, check_limits, load_limits
+from . import washsale  # noqa: F401 - registers the wash_sale rule before any rule book loads
 from .rules import RuleBook, RuleVersion, load_rulebook
 from ..store import Store
 

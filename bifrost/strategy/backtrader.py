@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from .api import Costs, Panel, Strategy, StrategyError, rebalance
-from .vector import BacktestResult
+from ..compliance.gate import Gate
+from .vector import DEFAULT_GATE, BacktestResult, GateLog
 
 # %% auto #0
 __all__ = ['run_backtrader', 'parity']
@@ -24,30 +25,49 @@ class _CostsScheme(bt.CommInfoBase):
         return self.p.costs.commission(abs(size), price)
 
 class _Adapter(bt.Strategy):
-    params = (("bifrost_strategy", None), ("panel", None), ("targets", None), ("costs", None), ("recompute", False))
+    params = (("bifrost_strategy", None), ("panel", None), ("targets", None), ("costs", None), ("recompute", False),
+              ("gate_log", None))
 
     def __init__(self):
         self.decision = None
         self.failed = None
+        self.values = []  # account value after each bar: the gate's start-of-day and peak equity
 
     def next(self):  # bar t has closed: decide
         t = len(self) - 1
+        self.values.append(self.broker.getvalue())
         if self.p.recompute:
             w = self.p.bifrost_strategy.run_targets(self.p.panel.upto(t + 1)) if t + 1 >= self.p.bifrost_strategy.warmup else None
             self.decision = None if w is None else w.iloc[-1].to_numpy(np.float64)
         else:
             self.decision = self.p.targets[t]
 
-    def next_open(self):  # bar t+1 is opening: trade
+    def next_open(self):  # bar t+1 is opening: ask the gate about each order, then trade
         if self.decision is None:
             return
-        datas = self.datas
+        datas, t = self.datas, len(self)  # next_open runs before the new bar is counted
         positions = np.array([int(self.getposition(d).size) for d in datas], dtype=np.int64)
         prices = lambda line: np.array([getattr(d, line)[0] for d in datas], dtype=np.float64)
         marks = np.array([d.close[-1] for d in datas], dtype=np.float64)
-        orders = rebalance(positions, self.broker.getcash(), self.decision, prices("open"), prices("high"),
-                           prices("low"), marks, self.p.costs)
-        for i, shares, _, _ in orders:
+        cash, weights, approved = self.broker.getcash(), self.decision.copy(), []
+        while True:  # as the vectorised engine: a refused order's symbol sits out and the rest is re-planned
+            orders = rebalance(positions, cash, weights, prices("open"), prices("high"), prices("low"), marks,
+                               self.p.costs)
+            run_cash, run_pos = cash, positions.copy()
+            for n, (i, shares, price, fee) in enumerate(orders):
+                if n >= len(approved):
+                    ok = self.p.gate_log.decide(self.p.panel.index[t].to_pydatetime(), i, shares, run_cash, run_pos,
+                                                prices("open"), self.values[-1], max(self.values))
+                    if not ok:
+                        self.p.gate_log.refusals.append(self.p.gate_log.rows.pop())
+                        weights[i] = np.nan
+                        break
+                    approved.append((i, shares))
+                run_cash -= shares * price + fee
+                run_pos[i] += shares
+            else:
+                break
+        for i, shares in approved:
             (self.buy if shares > 0 else self.sell)(data=datas[i], size=abs(shares), exectype=bt.Order.Market)
 
     def notify_order(self, order):
@@ -70,12 +90,13 @@ class _Record(bt.Analyzer):
         self.rows.append((s.broker.getcash(), s.broker.getvalue(), [int(s.getposition(d).size) for d in s.datas]))
 
 def run_backtrader(strategy: Strategy, panel: Panel, cash: float = 100_000.0, costs: Costs = Costs(),
-                   recompute: bool = False) -> BacktestResult:
-    "Backtest `strategy` on `panel` inside backtrader (every symbol must have a bar on every row)."
+                   recompute: bool = False, gate: Gate = DEFAULT_GATE, account: str = "backtest") -> BacktestResult:
+    "Backtest `strategy` on `panel` inside backtrader, every order through `gate` (every symbol needs every bar)."
     if panel.close.isna().any().any():
         raise StrategyError("the backtrader engine needs every symbol on every bar",
                             hint="use panel.common() to keep the bars all symbols share")
     targets = strategy.run_targets(panel)
+    log = GateLog(gate, account, panel.symbols)
     cerebro = bt.Cerebro(stdstats=False, cheat_on_open=True)
     cerebro.broker.setcash(cash)
     cerebro.broker.addcommissioninfo(_CostsScheme(costs=costs))
@@ -88,7 +109,7 @@ def run_backtrader(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
                              index=naive)
         cerebro.adddata(bt.feeds.PandasData(dataname=frame, openinterest=None), name=sym)
     cerebro.addstrategy(_Adapter, bifrost_strategy=strategy, panel=panel, targets=targets.to_numpy(np.float64),
-                        costs=costs, recompute=recompute)
+                        costs=costs, recompute=recompute, gate_log=log)
     cerebro.addanalyzer(_Record, _name="record")
     adapter = cerebro.run()[0]
     if adapter.failed:
@@ -99,7 +120,8 @@ def run_backtrader(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
     positions = pd.DataFrame([r[2] for r in rec.rows], index=panel.index, columns=panel.symbols)
     trades = pd.DataFrame(rec.fills, columns=["ts", "symbol", "shares", "price", "commission"])
     trades["ts"] = pd.to_datetime(trades.ts).dt.tz_localize("UTC")
-    return BacktestResult(repr(strategy), dict(strategy.values), "backtrader", trades, positions, cash_s, equity, targets)
+    return BacktestResult(repr(strategy), dict(strategy.values), "backtrader", trades, positions, cash_s, equity, targets,
+                          log.frame())
 
 # %% ../../nbs/08c_strategy.backtrader.ipynb #31bb8020
 def parity(a: BacktestResult, b: BacktestResult) -> pd.DataFrame:

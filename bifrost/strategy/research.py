@@ -482,8 +482,10 @@ def run_oos(strategy: Strategy, panel: Panel, start: int, stop: int, cash: float
         w[:k - 1] = 0.0
         w[k - 1] = np.nan_to_num(held, nan=0.0)
     arr = lambda f: np.ascontiguousarray(getattr(sub, f).to_numpy(np.float64))
+    # research, like a sweep: ungated; the version promoted to trading is backtested through its account's gate
     _, _, equity, _ = simulate(arr("open"), arr("high"), arr("low"), arr("close"), np.ascontiguousarray(w), float(cash),
-                               costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps)
+                               costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps,
+                               np.zeros(w.shape, np.bool_))
     return pd.Series(equity[k:], index=sub.index[k:], name="equity")
 
 # %% ../../nbs/08d_strategy.research.ipynb #558debbe

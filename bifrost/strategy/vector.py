@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import numba
 import numpy as np
 import pandas as pd
 
+from ..compliance.gate import Gate
+from ..core import AccountState, Decision, Order, Side
+from ..risk.limits import Limits
 from .api import Costs, Panel, Strategy, StrategyError
 
 # %% auto #0
-__all__ = ['simulate', 'BacktestResult', 'run_vectorized', 'simulate_many', 'SweepResult', 'grid', 'run_sweep']
+__all__ = ['DEFAULT_GATE', 'DECISION_COLUMNS', 'simulate', 'BacktestResult', 'GateLog', 'run_vectorized', 'simulate_many',
+           'SweepResult', 'grid', 'run_sweep']
 
 # %% ../../nbs/08b_strategy.vector.ipynb #750e9d0d
 @numba.njit(cache=True)
@@ -34,8 +39,8 @@ def _record(trades, k, t, i, shares, price, fee):
     trades[k, 4] = fee
 
 @numba.njit(cache=True)
-def simulate(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps):
-    "Walk the bars: orders decided on `weights[t-1]` fill at `open_[t]`. Returns positions, cash, equity, trades."
+def simulate(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, blocked):
+    "Walk the bars: orders decided on `weights[t-1]` fill at `open_[t]`, except where `blocked[t, i]`. Returns positions, cash, equity, trades."
     n_bars, n_sym = close.shape
     pos = np.zeros(n_sym, np.int64)
     positions = np.zeros((n_bars, n_sym), np.int64)
@@ -58,7 +63,7 @@ def simulate(open_, high, low, close, weights, cash0, bps, per_share, minimum, s
             n_buys = 0
             for i in range(n_sym):
                 w = weights[t - 1, i]
-                if w != w or open_[t, i] != open_[t, i]:
+                if w != w or open_[t, i] != open_[t, i] or blocked[t, i]:
                     continue
                 delta = np.int64(math.trunc(w * value / open_[t, i])) - pos[i]
                 deltas[i] = delta
@@ -116,6 +121,7 @@ class BacktestResult:
     cash: pd.Series
     equity: pd.Series
     targets: pd.DataFrame | None = None
+    decisions: pd.DataFrame | None = None  # the gate's answer on every order the strategy asked for
 
     @property
     def final_equity(self) -> float:
@@ -134,19 +140,82 @@ def _trades_frame(trades: np.ndarray, panel: Panel) -> pd.DataFrame:
     return pd.DataFrame({"ts": panel.index[bars], "symbol": np.asarray(panel.symbols, dtype=object)[syms],
                          "shares": trades[:, 2].astype(np.int64), "price": trades[:, 3], "commission": trades[:, 4]})
 
-def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, costs: Costs = Costs()) -> BacktestResult:
-    "Backtest `strategy` on `panel`: decide at each close, fill at the next open."
+DEFAULT_GATE = Gate(Limits())  # no account limits configured: known instrument and positive equity only
+
+DECISION_COLUMNS = ["ts", "symbol", "shares", "approved", "reasons"]
+
+class GateLog:
+    "Asks the gate about each order an engine is about to place, as the account stands just before it."
+    def __init__(self, gate: Gate, account: str, symbols: list[str]):
+        self.gate, self.account, self.symbols = gate, account, list(symbols)
+        self.rows, self.refusals = [], []  # answers on the orders placed; refused orders (taken out of `rows`)
+
+    def decide(self, ts, i: int, shares: int, cash: float, positions, prices, sod: float | None,
+               peak: float | None) -> bool:
+        dec = lambda x: Decimal(f"{x:.6f}")
+        held = {s: Decimal(int(q)) for s, q in zip(self.symbols, positions) if q}
+        px = {s: dec(p) for s, p in zip(self.symbols, prices) if p == p and p > 0}
+        sym = self.symbols[i]
+        state = AccountState(self.account, ts, dec(cash), held, px, start_of_day_equity=None if sod is None else dec(sod),
+                             peak_equity=None if peak is None else dec(peak))
+        order = Order(f"{self.account}-{len(self.rows) + 1}", sym, Side.BUY if shares > 0 else Side.SELL,
+                      Decimal(abs(int(shares))), created_at=ts)
+        d: Decision = self.gate(order, state)
+        self.rows.append((ts, sym, int(shares), d.approved, "; ".join(d.reasons)))
+        return d.approved
+
+    def frame(self) -> pd.DataFrame:
+        "Every decision, in time order: the orders placed and the ones refused."
+        out = pd.DataFrame(self.rows + self.refusals, columns=DECISION_COLUMNS)
+        return out.sort_values("ts", kind="stable", ignore_index=True)
+
+def _prices_for_gate(panel: Panel) -> np.ndarray:
+    "What an order at bar t is valued at: the bar's open, or the last close where the symbol has no bar."
+    return panel.open.fillna(panel.close.ffill().shift(1)).to_numpy(np.float64)
+
+def _gated_simulate(arrays, w: np.ndarray, cash: float, costs: Costs, gate: Gate, account: str, panel: Panel):
+    "Run the kernel and ask the gate about each trade in order; a refusal blocks that order and the kernel reruns."
+    blocked = np.zeros(w.shape, np.bool_)
+    log, prices = GateLog(gate, account, panel.symbols), _prices_for_gate(panel)
+    while True:
+        positions, cash_s, equity, trades = simulate(*arrays, w, cash, costs.commission_bps, costs.per_share,
+                                                     costs.minimum, costs.slippage_bps, blocked)
+        # the path up to the last refusal is the same in every rerun, so the answers already given stand;
+        # replay the account from the start of the bar where asking resumes
+        asked = len(log.rows)
+        k0 = asked
+        while 0 < k0 < len(trades) and trades[k0 - 1, 0] == trades[asked, 0]:
+            k0 -= 1
+        for k in range(k0, len(trades)):
+            t, i, shares = int(trades[k, 0]), int(trades[k, 1]), trades[k, 2]
+            if k == k0 or int(trades[k - 1, 0]) != t:  # the account as bar t opens: the end of bar t-1
+                run_cash, run_pos = cash_s[t - 1], positions[t - 1].copy()
+                sod, peak = equity[t - 1], equity[:t].max()
+            if k >= asked and not log.decide(panel.index[t].to_pydatetime(), i, shares, run_cash, run_pos,
+                                             prices[t], sod, peak):
+                log.refusals.append(log.rows.pop())
+                blocked[t, i] = True
+                break
+            run_cash -= shares * trades[k, 3] + trades[k, 4]
+            run_pos[i] += int(shares)
+        else:
+            return positions, cash_s, equity, trades, log.frame()
+
+def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, costs: Costs = Costs(),
+                   gate: Gate = DEFAULT_GATE, account: str = "backtest") -> BacktestResult:
+    "Backtest `strategy` on `panel`: decide at each close, pass the gate, fill at the next open."
     if cash <= 0:
         raise StrategyError(f"starting cash must be positive, was {cash}")
     w = strategy.run_targets(panel)
     arr = lambda f: np.ascontiguousarray(getattr(panel, f).to_numpy(np.float64))
-    positions, cash_s, equity, trades = simulate(arr("open"), arr("high"), arr("low"), arr("close"),
-                                                 np.ascontiguousarray(w.to_numpy(np.float64)), float(cash),
-                                                 costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps)
+    positions, cash_s, equity, trades, decisions = _gated_simulate(
+        (arr("open"), arr("high"), arr("low"), arr("close")), np.ascontiguousarray(w.to_numpy(np.float64)),
+        float(cash), costs, gate, account, panel)
     return BacktestResult(repr(strategy), dict(strategy.values), "vectorized", _trades_frame(trades, panel),
                           pd.DataFrame(positions, index=panel.index, columns=panel.symbols),
                           pd.Series(cash_s, index=panel.index, name="cash"),
-                          pd.Series(equity, index=panel.index, name="equity"), w)
+                          pd.Series(equity, index=panel.index, name="equity"), w, decisions)
+
 
 # %% ../../nbs/08b_strategy.vector.ipynb #67c80d03
 @numba.njit(parallel=True, cache=True)
@@ -155,8 +224,10 @@ def simulate_many(open_, high, low, close, weights, cash0, bps, per_share, minim
     n_combos = weights.shape[0]
     equity = np.empty((n_combos, close.shape[0]))
     n_trades = np.empty(n_combos, np.int64)
+    unblocked = np.zeros(close.shape, np.bool_)  # sweeps explore parameters; the chosen set is re-run through the gate
     for c in numba.prange(n_combos):
-        _, _, eq, trades = simulate(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps)
+        _, _, eq, trades = simulate(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
+                                    unblocked)
         equity[c] = eq
         n_trades[c] = trades.shape[0]
     return equity, n_trades
