@@ -257,6 +257,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'bifrost.bench.bench_env': ('bench.html#bench_env', 'bifrost/bench.py'),
                                'bifrost.bench.bench_ingest': ('bench.html#bench_ingest', 'bifrost/bench.py'),
                                'bifrost.bench.bench_ledger': ('bench.html#bench_ledger', 'bifrost/bench.py'),
+                               'bifrost.bench.bench_risk': ('bench.html#bench_risk', 'bifrost/bench.py'),
                                'bifrost.bench.benchmark': ('bench.html#benchmark', 'bifrost/bench.py'),
                                'bifrost.bench.run_bench': ('bench.html#run_bench', 'bifrost/bench.py')},
             'bifrost.cli': { 'bifrost.cli.DemoStep': ('cli.html#demostep', 'bifrost/cli.py'),

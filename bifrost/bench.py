@@ -30,7 +30,7 @@ from .store import PostgresStore, connect
 # %% auto #0
 __all__ = ['RATIO_MEANINGS', 'BENCHES', 'DAILY_FILES', 'INTRADAY_FILE', 'QUICK_DAILY', 'QUICK_INTRADAY_ROWS', 'DEFAULT_PG_URL',
            'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env', 'bench_ingest',
-           'bench_backtest', 'bench_analytics', 'bench_ledger']
+           'bench_backtest', 'bench_analytics', 'bench_ledger', 'bench_risk']
 
 # %% ../nbs/12_bench.ipynb #f7cc002b
 RATIO_MEANINGS: dict[str, str] = {}  # ratio name -> what over what, and the aim; filled by `@benchmark`
@@ -463,3 +463,26 @@ def bench_ledger(quick: bool = False, repeat: int = 3) -> BenchResult:
     env = bench_env()
     env["workload"] = f"{int(figures['fills']):,} fills over {int(figures['positions']):,} symbols"
     return BenchResult("ledger", figures, ratios, env)
+
+# %% ../nbs/12_bench.ipynb #32e9e72e
+from .risk.bench import RATIO_MEANINGS as VAR_RATIOS
+
+@benchmark("risk", ratios={
+    "gate_p99_vs_aim": "100 µs aim / gate p99 µs per order (>= 1 meets the aim)",
+    "gate_p50_vs_equity_valuation": "gate p50 µs / one valuation of the account µs (the gate's cost in account valuations)",
+    **VAR_RATIOS,
+})
+def bench_risk(quick: bool = False, repeat: int = 3) -> BenchResult:
+    "Pre-trade gate latency, and VaR for 500 instruments × 10 years (historical, parametric, Monte Carlo)."
+    from bifrost.compliance.gate import gate_benchmark
+    from bifrost.risk.bench import risk_var_benchmark
+    gate = gate_benchmark(quick=quick, repeat=repeat)
+    var = risk_var_benchmark(quick=quick, repeat=repeat)
+    figures = {f"gate_{k}": round(v, 3) for k, v in gate.items()} | var["figures"]
+    ratios = {"gate_p99_vs_aim": round(100.0 / gate["p99_us"], 3),
+              "gate_p50_vs_equity_valuation": round(gate["p50_us"] / gate["equity_valuation_us"], 2)} | var["ratios"]
+    env = bench_env()
+    env["workload"] = (f"gate: {int(gate['orders']):,} orders against a {int(gate['positions'])}-position book, all limits, "
+                       f"restricted list and PDT; VaR: {var['workload']}")
+    env["method"] = f"gate: per-order perf_counter_ns after a warm-up pass; VaR: {var['method']}"
+    return BenchResult("risk", figures, ratios, env)
