@@ -22,7 +22,7 @@ from .store import Store, connect
 
 # %% auto #0
 __all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_app', 'check_app', 'strategy_app', 'risk_app',
-           'audit_app', 'compliance_app', 'DEMO_STEPS', 'main', 'config_show', 'db_migrate', 'db_status',
+           'audit_app', 'compliance_app', 'DEMO_BOOK', 'DEMO_STEPS', 'main', 'config_show', 'db_migrate', 'db_status',
            'ingest_sample', 'ingest_file', 'ingest_yfinance', 'ingest_alpaca', 'store_summary', 'quarantine_summary',
            'data_list', 'data_show', 'data_quality', 'data_quarantine', 'portfolio_list', 'portfolio_open',
            'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'backtest', 'report', 'sweep', 'walkforward',
@@ -488,6 +488,61 @@ def _demo_sweep(store: Store) -> None:
     typer.echo(repr(result))
     _print(result.table.sort_values("sharpe", ascending=False).head(5))
 
+DEMO_BOOK = {"SPY": 400_000.0, "QQQ": 250_000.0, "AAPL": 200_000.0, "IWM": 150_000.0}  # money by symbol
+
+def _demo_risk(store: Store) -> None:
+    import numpy as np
+    from bifrost.data.read import read_bars
+    from bifrost.risk.stress import equity_shock, historical_scenario, stress_table
+    from bifrost.risk.var import value_at_risk
+    bars = read_bars(store, list(DEMO_BOOK), "1d", "2012-01-01", "2020-12-31", adjust="all")
+    closes = bars.pivot(index="ts", columns="symbol", values="close")[list(DEMO_BOOK)]
+    returns = closes.pct_change().iloc[1:]
+    rows = []
+    for method in ("historical", "normal", "cornish_fisher", "monte_carlo", "bootstrap"):
+        r = value_at_risk(returns, DEMO_BOOK, confidence=0.99, method=method, money=True,
+                          rng=np.random.default_rng(0))
+        rows.append((method, float(r.var), float(r.cvar)))
+    typer.echo(f"one-day 99% VaR and CVaR of a $1m book {DEMO_BOOK}, from 2012-2020 daily returns:")
+    _print(pd.DataFrame(rows, columns=["method", "VaR $", "CVaR $"]).round(0))
+    scenarios = [equity_shock(-0.20), historical_scenario(store, "covid crash 2020", list(DEMO_BOOK)),
+                 historical_scenario(store, "US downgrade 2011", list(DEMO_BOOK))]
+    typer.echo("stress P&L of the same book:")
+    _print(stress_table(DEMO_BOOK, scenarios).round(0).reset_index(names="position"))
+
+def _demo_gate(store: Store) -> None:
+    from datetime import date
+    from decimal import Decimal
+    from bifrost.audit import AuditTrail
+    from bifrost.compliance.gate import load_gate, record_decision
+    from bifrost.compliance.rules import FINRA_PDT, RuleVersion, load_rulebook, save_rule
+    from bifrost.core import AccountState, Order, Side
+    from bifrost.risk.limits import LimitError, Limits, load_limits, save_limits
+    clock, account, audit = LiveClock(), "demo-desk", AuditTrail(store)
+    try:
+        load_limits(store, account)
+    except LimitError:  # first run: the desk's limits and rules, recorded (and audited) once
+        save_limits(store, account, Limits(max_order_notional=Decimal(250_000), max_position_weight=Decimal("0.35")),
+                    clock.now(), clock.now(), "demo desk limits", audit)
+    if not load_rulebook(store, account).versions:
+        save_rule(store, account, FINRA_PDT, clock.now())
+        save_rule(store, account, RuleVersion("restricted_list", 1, date(2020, 1, 1), None, {"symbols": ["BAC"]},
+                                              note="demo: pending research coverage"), clock.now())
+    gate = load_gate(store, account)
+    prices = {s: Decimal(str(round(v, 2))) for s, v in
+              read_bars(store, ["SPY", "QQQ", "BAC"], "1d", "2020-12-01", "2020-12-31").groupby("symbol").close.last().items()}
+    state = AccountState(account, clock.now(), Decimal(600_000), {"SPY": Decimal(800)}, prices,
+                         start_of_day_equity=Decimal(900_000), peak_equity=Decimal(920_000))
+    orders = [Order(f"demo-{clock.now():%Y%m%d%H%M%S}-{i}", s, Side.BUY, Decimal(q), created_at=clock.now())
+              for i, (s, q) in enumerate([("QQQ", 300), ("SPY", 900), ("BAC", 100)])]
+    for o in orders:
+        d = gate(o, state)
+        record_decision(audit, account, d, clock.now())
+        typer.echo(f"{o.side.value} {o.quantity} {o.symbol}: {'APPROVED' if d.approved else 'REJECTED'}"
+                   + "".join(f"\n    {r}" for r in d.reasons))
+    report = audit.verify()
+    typer.echo(f"{report}  (bifrost audit verify)")
+
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("Ingest the shipped sample (real bars; only what is missing)", _demo_ingest),
     DemoStep("What the store holds", _demo_summary),
@@ -495,6 +550,8 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("Data quality of the daily series", _demo_quality),
     DemoStep("Backtest SMA 20/100 on SPY 2011-2020 in both engines (same trades, same equity)", _demo_backtest),
     DemoStep("Sweep SMA windows on the same data", _demo_sweep),
+    DemoStep("Risk of a $1m book: VaR and CVaR five ways, stress scenarios", _demo_risk),
+    DemoStep("The pre-trade gate on a desk account: limits, rules, every decision audited", _demo_gate),
 ]
 
 @app.command("demo")
