@@ -2,6 +2,7 @@
 every fill in the ledger once, nothing read from a silence."""
 from __future__ import annotations
 
+import os
 import random
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -208,9 +209,9 @@ def test_restart_recovers_without_repeats(env):
 def test_random_faults_exactly_once(env):
     "Random orders, fills, cancels and faults, with restarts: the broker and the ledger agree exactly."
     store, clock, portfolio, broker, oms = env
-    rng = random.Random(20240301)
+    rng = random.Random(int(os.environ.get("BIFROST_FAULT_SEED", "20240301")))
     ids = 0
-    for step in range(120):
+    for step in range(int(os.environ.get("BIFROST_FAULT_STEPS", "120"))):
         clock.advance(timedelta(seconds=rng.choice([0, 0, 1, 5])))
         r = rng.random()
         if r < 0.25:
@@ -226,7 +227,8 @@ def test_random_faults_exactly_once(env):
             order = mkt(ids, rng.randint(1, 5)) if rng.random() < 0.5 else lmt(ids, rng.randint(1, 5))
             oms.submit(order)
         elif action < 0.5:
-            resting = [o.client_order_id for o in broker.open_orders()] if not broker.is_down else []
+            resting = [c for c, o in broker._state["orders"].items()   # the broker's own book, no faults
+                       if o["status"] in ("accepted", "partially_filled")]
             if resting:
                 coid = rng.choice(resting)
                 left = oms.order(coid).quantity - Decimal(broker._state["orders"][coid]["filled"])
@@ -255,7 +257,21 @@ def test_random_faults_exactly_once(env):
     assert portfolio.book.positions() == broker.positions()
     assert oms.status()["unknown"] == 0
     counts = oms.journal.orders("acct").status.value_counts()
-    assert len(broker_fills) > 20 and counts.get("filled", 0) > 10 and counts.get("cancelled", 0) > 2, counts
+    if "BIFROST_FAULT_SEED" not in os.environ:   # the default run exercises every path; other seeds may not
+        assert len(broker_fills) > 20 and counts.get("filled", 0) > 10 and counts.get("cancelled", 0) > 2, counts
     for rec in oms.journal.open_orders("acct"):   # what we think is working, the broker thinks is working
         assert broker.get_order(rec.client_order_id).status in (S.ACCEPTED, S.PARTIALLY_FILLED)
     assert AuditTrail(store).verify().ok
+
+
+def test_client_order_id_reused_by_a_new_process(env):
+    "A restarted pipeline submitting the same client order id gets the old record; nothing is gated or sent again."
+    store, clock, portfolio, broker, oms = env
+    first = oms.submit(mkt(1))
+    n_audit = len(AuditTrail(store).records())
+    oms2 = make_oms(store, broker, Portfolio.load(store, "acct", clock=clock), clock)
+    assert oms2.submit(mkt(1)) == first
+    assert broker.received() == 1 and len(AuditTrail(store).records()) == n_audit
+    other = make_oms(store, broker, seed(store, "other"), clock)
+    with pytest.raises(OrderError, match="belongs to account acct"):
+        other.submit(mkt(1))
