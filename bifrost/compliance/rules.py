@@ -216,28 +216,50 @@ def _window(code: str, day: date, window: int) -> tuple[date, ...]:
     sessions = _calendar(code).sessions(day - pd.Timedelta(days=7 * window + 14), day)
     return tuple(s.date() for s in sessions[-window:])
 
-def _day_trades(fills: list[Fill], positions: Mapping[str, Decimal], tz: str) -> list[tuple]:
-    "(session, symbol, fill_id, ts) of each day trade: plain tuples, for the gate's hot path."
+class _Tape:
+    "Walks fills in time order, keeping per symbol what is needed to know whether the next fill is a day trade."
+    __slots__ = ("tz", "rows", "pos", "opened", "last_open", "current")
+
+    def __init__(self, start: Mapping[str, Decimal], tz: str):
+        self.tz, self.rows, self.pos = tz, [], dict(start)
+        self.opened, self.last_open, self.current = {}, {}, {}
+
+    def closes_today_open(self, f: Fill) -> bool:
+        "Would `f` be a day trade (it closes, in part, a position opened earlier in the same session)?"
+        s, day = f.symbol, exchange_day(f.ts, self.tz)
+        held, q = self.pos.get(s, Decimal(0)), f.side.sign * f.quantity
+        return (self.current.get(s) == day and bool(self.opened.get(s)) and self.last_open.get(s, False)
+                and bool(held) and (held > 0) != (q > 0))
+
+    def add(self, f: Fill) -> None:
+        s, day = f.symbol, exchange_day(f.ts, self.tz)
+        if self.current.get(s) != day:  # a new session for this symbol: what is held now was held overnight
+            self.current[s], self.opened[s], self.last_open[s] = day, Decimal(0), False
+        held, q = self.pos.get(s, Decimal(0)), f.side.sign * f.quantity
+        closing = min(abs(q), abs(held)) if held and (held > 0) != (q > 0) else Decimal(0)
+        if closing:
+            if self.opened[s] and self.last_open[s]:
+                self.rows.append((day, s, f.fill_id, f.ts))
+            self.opened[s] = max(self.opened[s] - closing, Decimal(0))
+            self.last_open[s] = False
+        if abs(q) > closing:
+            self.opened[s] += abs(q) - closing
+            self.last_open[s] = True
+        self.pos[s] = held + q
+
+def _tape(fills: list[Fill], positions: Mapping[str, Decimal], tz: str) -> _Tape:
+    "The tape of `fills` (oldest first) that leave `positions` held after the last of them."
     start = dict(positions)
     for f in fills:  # walk back to the position held before the first fill
         start[f.symbol] = start.get(f.symbol, Decimal(0)) - f.side.sign * f.quantity
-    rows, pos, opened, last_open, current = [], dict(start), {}, {}, {}
+    tape = _Tape(start, tz)
     for f in fills:
-        s, day = f.symbol, exchange_day(f.ts, tz)
-        if current.get(s) != day:  # a new session for this symbol: what is held now was held overnight
-            current[s], opened[s], last_open[s] = day, Decimal(0), False
-        held, q = pos.get(s, Decimal(0)), f.side.sign * f.quantity
-        closing = min(abs(q), abs(held)) if held and (held > 0) != (q > 0) else Decimal(0)
-        if closing:
-            if opened[s] and last_open[s]:
-                rows.append((day, s, f.fill_id, f.ts))
-            opened[s] = max(opened[s] - closing, Decimal(0))
-            last_open[s] = False
-        if abs(q) > closing:
-            opened[s] += abs(q) - closing
-            last_open[s] = True
-        pos[s] = held + q
-    return rows
+        tape.add(f)
+    return tape
+
+def _day_trades(fills: list[Fill], positions: Mapping[str, Decimal], tz: str) -> list[tuple]:
+    "(session, symbol, fill_id, ts) of each day trade: plain tuples, for the gate's hot path."
+    return _tape(fills, positions, tz).rows
 
 def day_trades(fills: Iterable[Fill], positions: Mapping[str, Decimal], calendar: TradingCalendar,
                tz: str | None = None) -> pd.DataFrame:
@@ -254,6 +276,7 @@ class PatternDayTrader(BaseRule):
                  calendar: str = "XNYS", warn_at: int | None = 3):
         self.min_equity, self.max_day_trades, self.window = Decimal(str(min_equity)), int(max_day_trades), int(window)
         self.calendar_code, self.warn_at = calendar, warn_at
+        self._last = None  # (state, tape) of the last account state checked
         if self.max_day_trades < 0 or self.window < 1 or self.min_equity < 0:
             raise ComplianceError(f"pattern_day_trader: bad config min_equity={min_equity}, "
                                   f"max_day_trades={max_day_trades}, window={window}")
@@ -262,23 +285,25 @@ class PatternDayTrader(BaseRule):
         "The `window` sessions ending on `day` (or on the last session before it)."
         return list(_window(self.calendar_code, day, self.window))
 
+    def _account_tape(self, state: AccountState, tz: str) -> tuple[AccountState, _Tape]:
+        "The day-trade tape of the account's fills, walked once per state however many orders it checks."
+        if self._last is None or self._last[0] is not state:
+            self._last = (state, _tape(list(state.fills), state.positions, tz))
+        return self._last
+
     def check(self, order: Order, state: AccountState) -> Check:
         cal = _calendar(self.calendar_code)
         today = exchange_day(state.as_of, cal.tz)
         if not any(f.symbol == order.symbol and exchange_day(f.ts, cal.tz) == today for f in state.fills):
             return self.answer(Verdict.PASS)  # nothing opened today to close: the order cannot be a day trade
-        sessions = self.window_sessions(today)
         # the price plays no part in counting: any positive one will do for the order as a fill
         as_fill = Fill(f"order:{order.client_order_id}", order.client_order_id, order.symbol, order.side,
                        order.quantity, order.limit_price or state.prices.get(order.symbol, Decimal(1)), state.as_of)
-        fills = [f for f in state.fills if exchange_day(f.ts, cal.tz) >= sessions[0]]
-        after = dict(state.positions)
-        after[order.symbol] = after.get(order.symbol, Decimal(0)) + order.side.sign * order.quantity
-        in_window = set(sessions)
-        trades = [t for t in _day_trades(fills + [as_fill], after, cal.tz) if t[0] in in_window]
-        if not any(t[2] == as_fill.fill_id for t in trades):
+        _, tape = self._account_tape(state, cal.tz)
+        if not tape.closes_today_open(as_fill):
             return self.answer(Verdict.PASS)
-        n = len(trades)
+        sessions = self.window_sessions(today)
+        n = sum(1 for t in tape.rows if sessions[0] <= t[0] <= sessions[-1]) + 1
         equity = state.start_of_day_equity if state.start_of_day_equity is not None else state.equity
         where = f"in the {self.window} sessions {sessions[0]}..{sessions[-1]}"
         if n > self.max_day_trades and equity < self.min_equity:
