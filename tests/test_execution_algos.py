@@ -395,3 +395,19 @@ def test_slippage_agrees_with_analytics_tca(spy_store):
     assert whole["arrival"] == pytest.approx(tca.shortfall_bps, abs=1e-9)
     assert ours["vwap"] == pytest.approx(tca.vwap_slippage_bps, abs=1e-9)
     assert abs(whole["vwap"]) < 5
+
+
+def test_a_parent_cancelled_before_a_restart_stays_cancelled(store):
+    desk = Desk(store, OPEN_1010)
+    p = parent("rc", 3000)
+    slices = twap_schedule(p, CAL)
+    ex = AlgoExecutor(desk.oms, p, slices)
+    bars = spy_day("2013-10-10")
+    replay(ex, desk.broker, bars[bars.ts < OPEN_1010 + timedelta(minutes=45)], desk.clock)
+    ex.cancel("end of the trade idea")
+    desk.oms = desk.new_oms()
+    again = AlgoExecutor(desk.oms, p, slices)
+    assert (again.status, again.reason) == (ParentStatus.CANCELLED, "end of the trade idea")
+    pr = replay(again, desk.broker, bars[bars.ts >= OPEN_1010 + timedelta(minutes=45)], desk.clock)
+    assert pr.filled == 500 and again.children == ["rc-0000", "rc-0001"]
+    assert_consistent(desk, again)
