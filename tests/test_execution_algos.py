@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bifrost.analytics.tca import tca_orders
 from bifrost.audit import AuditTrail
@@ -20,18 +21,28 @@ from bifrost.compliance.gate import Gate
 from bifrost.core import AccountState, Check, Decision, Side, SimulatedClock, TradingCalendar, Verdict
 from bifrost.data.ingest import ingest
 from bifrost.data.sources import SAMPLE, SampleSource
-from bifrost.execution.algos import (Algo, AlgoError, AlgoExecutor, OnReject, ParentOrder, ParentStatus, apportion,
-                                     benchmark_prices, replay, slippage_bps, twap_schedule, volume_profile,
-                                     vwap_schedule)
+from bifrost.execution.algos import (
+    Algo,
+    AlgoError,
+    AlgoExecutor,
+    OnReject,
+    ParentOrder,
+    ParentStatus,
+    apportion,
+    benchmark_prices,
+    replay,
+    slippage_bps,
+    twap_schedule,
+    volume_profile,
+    vwap_schedule,
+)
 from bifrost.execution.oms import OMS, set_kill_switch
-from bifrost.execution.orders import OPEN_STATUSES
 from bifrost.execution.paper import Commission, PaperBroker, Slippage
 from bifrost.portfolio.ledger import Portfolio
 from bifrost.risk.limits import Limits
 from bifrost.store import connect
 
 CAL = TradingCalendar("XNYS")
-UTC = timezone.utc
 OPEN_1011 = datetime(2013, 10, 11, 13, 30, tzinfo=UTC)   # Friday 2013-10-11 09:30 New York
 OPEN_1010 = datetime(2013, 10, 10, 13, 30, tzinfo=UTC)
 
