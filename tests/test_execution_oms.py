@@ -275,3 +275,20 @@ def test_client_order_id_reused_by_a_new_process(env):
     other = make_oms(store, broker, seed(store, "other"), clock)
     with pytest.raises(OrderError, match="belongs to account acct"):
         other.submit(mkt(1))
+
+
+def test_fills_that_arrive_after_the_status(env):
+    "The broker says filled before its fills can be read: the order is filled, its fills are awaited, then booked."
+    store, clock, portfolio, broker, oms = env
+    oms.submit(lmt(1))
+    broker.fill("o-1", Decimal(4))
+    broker.fill("o-1")
+    broker.fail("fills", "empty", times=2)
+    oms.sync()
+    rec = oms.order("o-1")
+    assert (rec.status, rec.filled_quantity) == (S.FILLED, 0) and oms.status()["fills_outstanding"] == ["o-1"]
+    clock.advance(timedelta(hours=1))        # late: the fill window still reaches back to the order
+    oms.sync()
+    rec = oms.order("o-1")
+    assert (rec.status, rec.filled_quantity) == (S.FILLED, Decimal(10)) and oms.status()["fills_outstanding"] == []
+    assert portfolio.book.positions() == {"SPY": Decimal(10)} and not oms.anomalies
