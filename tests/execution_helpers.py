@@ -1,7 +1,7 @@
 """Shared set-up for the OMS tests: a store with SPY, a $100,000 portfolio, a simple gate, an OMS."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from bifrost.audit import AuditTrail
@@ -9,7 +9,7 @@ from bifrost.core import AccountState, Check, Decision, Verdict
 from bifrost.execution.oms import OMS
 from bifrost.portfolio.ledger import Portfolio
 
-T0 = datetime(2021, 3, 1, 15, tzinfo=timezone.utc)   # a Monday, 10:00 in New York
+T0 = datetime(2021, 3, 1, 15, tzinfo=UTC)   # a Monday, 10:00 in New York
 PX = Decimal("385.59")
 
 
@@ -39,4 +39,4 @@ def make_oms(store, broker, portfolio, clock, **kw):
 
 
 def ledger_fill_ids(portfolio) -> set[str]:
-    return {t for t in portfolio.book.txn_ids if t.startswith("fake-F") or t.startswith("paper")}
+    return {t for t in portfolio.book.txn_ids if t.startswith(("fake-F", "paper"))}

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from execution_helpers import PX, T0, ledger_fill_ids, make_oms, seed
 
 from bifrost.audit import AuditTrail
-from bifrost.core import Order, OrderStatus as S, SimulatedClock
-from bifrost.execution.oms import OMS, kill_switch_on, set_kill_switch
+from bifrost.core import Order, SimulatedClock
+from bifrost.core import OrderStatus as S
+from bifrost.execution.oms import kill_switch_on, set_kill_switch
 from bifrost.execution.orders import OrderError
 from bifrost.execution.resilience import FaultyBroker
 from bifrost.portfolio.ledger import Portfolio
 from bifrost.store import connect
-
-from execution_helpers import PX, T0, ledger_fill_ids, make_oms, seed
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def lmt(i, q=10, px=PX - 20, tif="gtc"):
 
 
 def test_round_trip(env):
-    store, clock, portfolio, broker, oms = env
+    store, _clock, portfolio, broker, oms = env
     rec = oms.submit(mkt(1))
     assert (rec.status, rec.filled_quantity, rec.avg_fill_price) == (S.FILLED, Decimal(10), PX)
     assert portfolio.book.positions() == {"SPY": Decimal(10)}
@@ -49,7 +49,7 @@ def test_round_trip(env):
 
 
 def test_gate_block_never_reaches_broker(env):
-    store, clock, portfolio, broker, oms = env
+    store, _clock, _portfolio, broker, oms = env
     rec = oms.submit(mkt(1, q=1000))
     assert rec.status is S.REJECTED and "max_order_notional" in rec.reason
     assert broker.calls["submit"] == 0
@@ -58,7 +58,7 @@ def test_gate_block_never_reaches_broker(env):
 
 
 def test_timeout_after_accept_is_not_resent(env):
-    store, clock, portfolio, broker, oms = env
+    _store, _clock, portfolio, broker, oms = env
     broker.fail("submit", "timeout_after")
     rec = oms.submit(mkt(1))
     assert rec.status is S.FILLED and broker.received("o-1") == 1
@@ -67,14 +67,14 @@ def test_timeout_after_accept_is_not_resent(env):
 
 
 def test_timeout_before_accept_is_resent_once(env):
-    store, clock, portfolio, broker, oms = env
+    _store, _clock, _portfolio, broker, oms = env
     broker.fail("submit", "timeout")
     assert oms.submit(mkt(1)).status is S.FILLED
     assert broker.received("o-1") == 1 and broker.calls["submit"] == 2
 
 
 def test_no_answer_stays_unknown(env):
-    store, clock, portfolio, broker, oms = env
+    _store, clock, _portfolio, broker, oms = env
     resting = oms.submit(lmt(1))
     assert resting.status is S.ACCEPTED
     broker.down()
@@ -91,7 +91,7 @@ def test_no_answer_stays_unknown(env):
 
 
 def test_circuit_open_blocks_new_orders(env):
-    store, clock, portfolio, broker, oms = env
+    _store, _clock, _portfolio, broker, oms = env
     broker.down()
     oms.submit(mkt(1))                                   # 1 submit + 4 get_order failures open the circuit
     assert oms.status()["circuit"]["state"] == "open"
@@ -100,7 +100,7 @@ def test_circuit_open_blocks_new_orders(env):
 
 
 def test_empty_answers_are_not_cancellations(env):
-    store, clock, portfolio, broker, oms = env
+    _store, _clock, _portfolio, broker, oms = env
     oms.submit(lmt(1))
     broker.fail("open_orders", "empty", times=3)
     broker.fail("fills", "empty", times=3)
@@ -110,7 +110,7 @@ def test_empty_answers_are_not_cancellations(env):
 
 
 def test_duplicate_and_same_instant_fills(env):
-    store, clock, portfolio, broker, oms = env
+    store, _clock, portfolio, broker, oms = env
     oms.submit(lmt(1, q=10))
     broker.duplicate_fills = True
     broker.fill("o-1", Decimal(3))
@@ -126,7 +126,7 @@ def test_duplicate_and_same_instant_fills(env):
 
 
 def test_cancel_paths(env):
-    store, clock, portfolio, broker, oms = env
+    _store, clock, _portfolio, broker, oms = env
     oms.submit(lmt(1)); oms.submit(lmt(2)); oms.submit(lmt(3))
     assert oms.cancel("o-1").status is S.CANCELLED
     broker.fail("cancel", "timeout", times=4)
@@ -143,7 +143,7 @@ def test_cancel_paths(env):
 
 
 def test_fill_wins_the_race_with_cancel(env):
-    store, clock, portfolio, broker, oms = env
+    _store, _clock, portfolio, broker, oms = env
     oms.submit(lmt(1))
     broker.fill("o-1")
     rec = oms.cancel("o-1")
@@ -152,7 +152,7 @@ def test_fill_wins_the_race_with_cancel(env):
 
 
 def test_kill_switch_from_another_process(env, store_url):
-    store, clock, portfolio, broker, oms = env
+    store, clock, _portfolio, broker, oms = env
     oms.submit(lmt(1)); oms.submit(lmt(2))
     other = connect(store_url)                                  # the CLI: its own connection
     set_kill_switch(other, True, "runaway", clock.now(), AuditTrail(other))
@@ -164,12 +164,12 @@ def test_kill_switch_from_another_process(env, store_url):
 
 
 def test_day_orders_expire_after_the_close(env):
-    store, clock, portfolio, broker, oms = env
+    _store, clock, _portfolio, _broker, oms = env
     oms.submit(lmt(1, tif="day")); oms.submit(lmt(2, tif="gtc"))
-    clock.set(datetime(2021, 3, 1, 20, 59, tzinfo=timezone.utc))
+    clock.set(datetime(2021, 3, 1, 20, 59, tzinfo=UTC))
     oms.sync()
     assert oms.order("o-1").status is S.ACCEPTED
-    clock.set(datetime(2021, 3, 1, 21, 0, tzinfo=timezone.utc))
+    clock.set(datetime(2021, 3, 1, 21, 0, tzinfo=UTC))
     oms.sync()
     assert oms.order("o-1").status is S.EXPIRED and oms.order("o-2").status is S.ACCEPTED
 
@@ -192,7 +192,7 @@ def test_fill_for_a_foreign_order_is_recorded_not_booked(env):
 
 
 def test_restart_recovers_without_repeats(env):
-    store, clock, portfolio, broker, oms = env
+    store, clock, _portfolio, broker, oms = env
     oms.submit(lmt(1)); oms.submit(lmt(2))
     broker.fill("o-1", Decimal(4))
     broker.fill("o-2")
@@ -234,10 +234,7 @@ def test_random_faults_exactly_once(env):
                 left = oms.order(coid).quantity - Decimal(broker._state["orders"][coid]["filled"])
                 broker.fill(coid, Decimal(rng.randint(1, int(left))))
         elif action < 0.6 and oms._orders():
-            try:
-                oms.cancel(rng.choice(sorted(oms._orders())))
-            except Exception as err:   # only the broker's silence may escape, never a wrong state
-                assert "timed out" in str(err) or "refused" in str(err), err
+            oms.cancel(rng.choice(sorted(oms._orders())))   # never raises: a silent broker leaves it pending
         elif action < 0.9:
             oms.sync()
         else:   # restart
@@ -266,7 +263,7 @@ def test_random_faults_exactly_once(env):
 
 def test_client_order_id_reused_by_a_new_process(env):
     "A restarted pipeline submitting the same client order id gets the old record; nothing is gated or sent again."
-    store, clock, portfolio, broker, oms = env
+    store, clock, _portfolio, broker, oms = env
     first = oms.submit(mkt(1))
     n_audit = len(AuditTrail(store).records())
     oms2 = make_oms(store, broker, Portfolio.load(store, "acct", clock=clock), clock)
@@ -279,7 +276,7 @@ def test_client_order_id_reused_by_a_new_process(env):
 
 def test_fills_that_arrive_after_the_status(env):
     "The broker says filled before its fills can be read: the order is filled, its fills are awaited, then booked."
-    store, clock, portfolio, broker, oms = env
+    _store, clock, portfolio, broker, oms = env
     oms.submit(lmt(1))
     broker.fill("o-1", Decimal(4))
     broker.fill("o-1")

@@ -3,7 +3,6 @@ it but before its answer is persisted. A new process recovers from the same stor
 broker: the broker ends up with exactly one order, the ledger with exactly one fill."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,14 +12,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from execution_helpers import PX, T0, make_oms, seed
 
 from bifrost.audit import AuditTrail
-from bifrost.core import OrderStatus as S, SimulatedClock
+from bifrost.core import OrderStatus as S
+from bifrost.core import SimulatedClock
 from bifrost.execution.resilience import FaultyBroker
 from bifrost.portfolio.ledger import Portfolio
 from bifrost.store import connect
-
-from execution_helpers import PX, T0, make_oms, seed
 
 HERE = Path(__file__).parent
 
@@ -53,7 +52,7 @@ def test_kill_9_then_recover(store_url, tmp_path, point, at_broker):
     path = str(tmp_path / "broker.json")
     FaultyBroker("fake", path=path)   # the broker's (empty) book on disk
     script = CHILD.format(tests=str(HERE), url=store_url, path=path, point=point)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
 
     clock = SimulatedClock(T0)
@@ -81,7 +80,7 @@ def test_restart_with_the_broker_down_leaves_it_unknown(store_url, tmp_path):
     path = str(tmp_path / "broker.json")
     FaultyBroker("fake", path=path)
     script = CHILD.format(tests=str(HERE), url=store_url, path=path, point="persisted")
-    assert subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300).returncode == -9
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300, check=False).returncode == -9
     clock = SimulatedClock(T0)
     broker = FaultyBroker("fake", prices={"SPY": PX}, clock=clock, path=path, unique_ids=False)
     broker.down()

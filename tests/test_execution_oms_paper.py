@@ -2,16 +2,16 @@
 once, and the ledger and the broker agree on positions and cash."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-
-from bifrost.core import Bar, Order, OrderStatus as S, SimulatedClock
-from bifrost.execution.oms import set_kill_switch
-from bifrost.audit import AuditTrail
-
 from execution_helpers import T0, make_oms, seed
+
+from bifrost.audit import AuditTrail
+from bifrost.core import Bar, Order, SimulatedClock
+from bifrost.core import OrderStatus as S
+from bifrost.execution.oms import set_kill_switch
 
 paper = pytest.importorskip("bifrost.execution.paper")
 
@@ -36,7 +36,7 @@ def test_paper_round_trip(store):
     oms.sync(); oms.sync()
     rec = oms.order("l-1")
     assert rec.status is S.PARTIALLY_FILLED and rec.filled_quantity == 12
-    clock.set(datetime(2021, 3, 1, 21, 0, tzinfo=timezone.utc))   # the close: the rest of the day order expires
+    clock.set(datetime(2021, 3, 1, 21, 0, tzinfo=UTC))   # the close: the rest of the day order expires
     oms.sync()
     assert oms.order("l-1").status is S.EXPIRED and oms.order("l-1").filled_quantity == 12
     assert portfolio.book.positions() == broker.positions() == {"SPY": Decimal(22)}

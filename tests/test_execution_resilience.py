@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bifrost.core import BrokerUnavailableError, Order, OrderRejectedError, SimulatedClock
-from bifrost.execution.resilience import (BrokerCaller, CircuitBreaker, CircuitOpenError, CircuitState, FaultyBroker,
-                                          RetryPolicy)
+from bifrost.execution.resilience import (
+    BrokerCaller,
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    FaultyBroker,
+    RetryPolicy,
+)
 
-T0 = datetime(2024, 3, 1, 15, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, 15, tzinfo=UTC)
 
 
 @given(st.integers(1, 10), st.floats(0, 5), st.floats(0, 60), st.integers(0, 2**32))
