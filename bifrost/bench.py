@@ -30,7 +30,7 @@ from .store import PostgresStore, connect
 # %% auto #0
 __all__ = ['RATIO_MEANINGS', 'BENCHES', 'DAILY_FILES', 'INTRADAY_FILE', 'QUICK_DAILY', 'QUICK_INTRADAY_ROWS', 'DEFAULT_PG_URL',
            'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env', 'bench_ingest',
-           'bench_backtest', 'bench_analytics', 'bench_ledger', 'bench_risk']
+           'bench_backtest', 'bench_analytics', 'bench_ledger', 'bench_risk', 'bench_execution']
 
 # %% ../nbs/12_bench.ipynb #f7cc002b
 RATIO_MEANINGS: dict[str, str] = {}  # ratio name -> what over what, and the aim; filled by `@benchmark`
@@ -486,3 +486,30 @@ def bench_risk(quick: bool = False, repeat: int = 3) -> BenchResult:
                        f"restricted list and PDT; VaR: {var['workload']}")
     env["method"] = f"gate: per-order perf_counter_ns after a warm-up pass; VaR: {var['method']}"
     return BenchResult("risk", figures, ratios, env)
+
+# %% ../nbs/12_bench.ipynb #c99dcad7
+@benchmark("execution", ratios={
+    "round_trip_p99_vs_aim": "1 ms aim / round trip p99 ms, DuckDB connection held (>= 1 meets the aim)",
+    "round_trip_vs_gate": "round trip p50 µs / gate p50 µs (what persistence, audit, broker and ledger cost)",
+    "postgresql_vs_duckdb": "DuckDB round trip p50 / PostgreSQL round trip p50 (> 1: PostgreSQL faster)",
+})
+def bench_execution(quick: bool = False, repeat: int = 1, pg_url: str | None = None) -> BenchResult:
+    "Order round trips (gate, OMS, paper broker, ledger): p50/p99 µs and orders/s on DuckDB and PostgreSQL."
+    from bifrost.compliance.gate import gate_benchmark
+    from bifrost.execution.bench import execution_benchmark
+    if pg_url is None:
+        pg_url = os.environ.get("BIFROST_BENCH_PG_URL") or DEFAULT_PG_URL
+    env = bench_env()
+    version, why = _postgres_version(pg_url)
+    env["postgresql"] = version or f"unavailable ({why})"
+    figures = execution_benchmark(quick=quick, pg_url=pg_url if version else None)
+    gate = gate_benchmark(quick=True)
+    figures["gate_p50_us"] = gate["p50_us"]
+    ratios = {"round_trip_p99_vs_aim": round(1000.0 / figures["round_trip_p99_us"], 4),
+              "round_trip_vs_gate": round(figures["round_trip_p50_us"] / gate["p50_us"], 1)}
+    if "pg_round_trip_p50_us" in figures:
+        ratios["postgresql_vs_duckdb"] = round(figures["round_trip_p50_us"] / figures["pg_round_trip_p50_us"], 2)
+    env["workload"] = (f"{int(figures['orders']):,} alternating buy/sell SPY orders, each filled on the next minute bar "
+                       f"by the paper broker; {int(figures['orders_shared'])} with a connection per operation")
+    env["method"] = "per-order perf_counter_ns; the ledger and the broker are checked to agree exactly at the end"
+    return BenchResult("execution", {k: round(v, 3) for k, v in figures.items()}, ratios, env)

@@ -5,31 +5,25 @@
 # %% ../../nbs/06c_execution.oms.ipynb #59aa5a86
 from __future__ import annotations
 
-import gc
 import random
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-import numpy as np
-
-from ..audit import AuditTrail
-from ..core import (AccountState, Bar, Broker, BrokerOrder, BrokerUnavailableError, Check, Clock, Decision, Fill,
-                          Order, OrderRejectedError, OrderStatus, SimulatedClock, TimeInForce, TradingCalendar, Verdict)
+from ..core import (AccountState, Broker, BrokerOrder, BrokerUnavailableError, Check, Clock, Decision, Fill,
+                          Order, OrderRejectedError, OrderStatus, TimeInForce, TradingCalendar, Verdict)
 from .orders import (OPEN_STATUSES, IllegalTransitionError, OrderError, OrderJournal, OrderRecord)
 from .resilience import (BrokerCaller, CircuitBreaker, CircuitOpenError, CircuitState, RetryPolicy,
                                           log)
 from ..portfolio.ledger import Portfolio
 from ..portfolio.money import LedgerError
 from ..portfolio.transactions import Transaction
-from ..store import Store, connect
+from ..store import Store
 
 # %% auto #0
-__all__ = ['KILL_SWITCH', 'set_kill_switch', 'kill_switch', 'kill_switch_on', 'OMS', 'execution_benchmark']
+__all__ = ['KILL_SWITCH', 'set_kill_switch', 'kill_switch', 'kill_switch_on', 'OMS']
 
 # %% ../../nbs/06c_execution.oms.ipynb #d3f8a06c
 KILL_SWITCH = "kill_switch"
@@ -447,82 +441,3 @@ class OMS:
                 "kill_switch": kill_switch(self.store), "circuit": self.caller.breaker.snapshot(),
                 "calls": dict(self.caller.stats), "fills_outstanding": sorted(self._short),
                 "anomalies": list(self.anomalies[-20:])}
-
-# %% ../../nbs/06c_execution.oms.ipynb #7ec18fe0
-def _percentiles(ns: list[int]) -> tuple[float, float]:
-    a = np.asarray(ns, dtype=np.float64) / 1e3
-    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
-
-def _round_trips(store: Store, n: int, seed: int = 0) -> dict[str, float]:
-    from bifrost.compliance.gate import Gate
-    from bifrost.execution.paper import PaperBroker  # the simulator is the next chapter; only the benchmark uses it
-    from bifrost.risk.limits import Limits
-    cal = TradingCalendar("XNYS")
-    sched = cal.schedule("2021-03-01", "2021-12-31")
-    minutes = [o + timedelta(minutes=m) for o, c in zip(sched.open, sched.close)
-               for m in range(1, int((c - o).total_seconds() // 60) - 1)][: n + 1]
-    clock = SimulatedClock(minutes[0].to_pydatetime())
-    name = f"bench{seed}"
-    book = Portfolio.open(store, name, opened_at=clock.now())
-    book.deposit(Decimal(10_000_000), ts=clock.now())
-    broker = PaperBroker(clock, cash=Decimal(10_000_000), calendar=cal, participation=None)
-    rng, px = random.Random(seed), Decimal("400.00")
-    prices = {"SPY": px}
-    state = lambda: AccountState(name, clock.now(), book.book.cash().get("USD", Decimal(0)), book.book.positions(),
-                                 prices)
-    gate = Gate(Limits(max_order_notional=Decimal(100_000), max_position_weight=Decimal("0.5")))
-    oms = OMS(store, broker, gate, state, book, clock, AuditTrail(store), calendar=cal, sleep=lambda s: None)
-    total, submit, sync = [], [], []
-    t_all = time.perf_counter_ns()
-    for i in range(n):
-        side = "buy" if i % 2 == 0 else "sell"
-        qty = Decimal(rng.randint(1, 100)) if side == "buy" else book.book.positions()["SPY"]
-        order = Order(f"{name}-{i}", "SPY", side, qty, time_in_force="gtc")  # may fill on the next session's bar
-        t0 = time.perf_counter_ns()
-        oms.submit(order)
-        t1 = time.perf_counter_ns()
-        clock.set(minutes[i + 1].to_pydatetime())
-        px = max(Decimal("1.00"), px + Decimal(rng.randint(-20, 20)).scaleb(-2))
-        prices["SPY"] = px
-        f = float(px)
-        broker.on_bar(Bar("SPY", clock.now(), f, f + 0.05, f - 0.05, f, 1e6))
-        t2 = time.perf_counter_ns()
-        oms.sync()
-        t3 = time.perf_counter_ns()
-        total.append(t3 - t0); submit.append(t1 - t0); sync.append(t3 - t2)
-    elapsed = (time.perf_counter_ns() - t_all) / 1e9
-    fills = [f for f in oms.journal.fills(broker=broker.name) if f.client_order_id.startswith(f"{name}-")]
-    if not (len(fills) == n and book.book.positions() == broker.positions()
-            and book.book.cash()["USD"] == broker.cash()):
-        raise AssertionError(f"ledger and broker disagree: {len(fills)} fills of {n} orders, "
-                             f"{book.book.positions()} vs {broker.positions()}, {book.book.cash()} vs {broker.cash()}")
-    (p50, p99), (s50, s99), (y50, y99) = _percentiles(total), _percentiles(submit), _percentiles(sync)
-    return {"round_trip_p50_us": p50, "round_trip_p99_us": p99, "orders_per_s": n / elapsed,
-            "submit_p50_us": s50, "submit_p99_us": s99, "sync_p50_us": y50, "sync_p99_us": y99}
-
-def _bench_store(url: str) -> Store:
-    store = connect(url)
-    store.execute("INSERT INTO instruments (symbol, name, asset_class, currency, exchange, tick_size, lot_size) "
-                  "VALUES ('SPY', 'SPDR S&P 500', 'etf', 'USD', 'XNYS', 0.01, 1)")
-    return store
-
-def execution_benchmark(quick: bool = False, pg_url: str | None = None) -> dict[str, float]:
-    "Order round trips (gate, OMS, paper broker, ledger) on a DuckDB store (and PostgreSQL at `pg_url`): µs, orders/s."
-    n_held, n_shared = (200, 30) if quick else (2_000, 200)
-    out: dict[str, float] = {"orders": float(n_held), "orders_shared": float(n_shared)}
-    with tempfile.TemporaryDirectory() as d:
-        store = _bench_store(f"duckdb:///{d}/bench.duckdb")
-        gc.collect()
-        with store.session():
-            out.update(_round_trips(store, n_held, seed=0))
-        shared = _round_trips(store, n_shared, seed=1)
-        out.update({f"shared_{k}": v for k, v in shared.items()})
-    if pg_url:  # a schema of its own, dropped afterwards
-        url = f"{pg_url}{'&' if '?' in pg_url else '?'}schema=bench_exec_{uuid.uuid4().hex[:8]}"
-        store = _bench_store(url)
-        try:
-            with store.session():
-                out.update({f"pg_{k}": v for k, v in _round_trips(store, n_held // 2, seed=2).items()})
-        finally:
-            store.drop_schema()
-    return out
