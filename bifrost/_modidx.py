@@ -271,6 +271,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'bifrost.cli._demo_risk': ('cli.html#_demo_risk', 'bifrost/cli.py'),
                              'bifrost.cli._demo_summary': ('cli.html#_demo_summary', 'bifrost/cli.py'),
                              'bifrost.cli._demo_sweep': ('cli.html#_demo_sweep', 'bifrost/cli.py'),
+                             'bifrost.cli._demo_vwap': ('cli.html#_demo_vwap', 'bifrost/cli.py'),
                              'bifrost.cli._pairs': ('cli.html#_pairs', 'bifrost/cli.py'),
                              'bifrost.cli._portfolio': ('cli.html#_portfolio', 'bifrost/cli.py'),
                              'bifrost.cli._print': ('cli.html#_print', 'bifrost/cli.py'),

@@ -17,7 +17,11 @@ def test_demo_runs_end_to_end_and_reruns(tmp_path):
     assert re.search(r"parity: \d+ trades, 0 differences", out)
     assert "historical" in out and "covid crash 2020" in out
     assert "buy 300 QQQ: APPROVED" in out and "block: compliance/restricted_list v1: BAC" in out
-    assert "audit trail intact: 6 records" in out
+    assert "audit trail intact: 6 records" in out  # limits, two rules, three decisions
+    assert "ledger holds 10000 SPY, the broker 10000; child orders {'filled': 26}, open 0, unknown 0" in out
     second = CliRunner().invoke(app, ["demo"], env=env)
     assert second.exit_code == 0, second.output
-    assert "audit trail intact: 9 records" in second.output  # limits and rules were recorded once, decisions again
+    records = lambda text: int(re.search(r"audit trail intact: (\d+) records", text).group(1))
+    # the second run records limits and rules no more, only its three decisions, after the first run's paper day
+    assert records(second.output) > records(out) + 3
+    assert "ledger holds 10000 SPY, the broker 10000" in second.output
