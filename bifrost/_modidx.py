@@ -1622,6 +1622,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                 'bifrost/strategy/api.py'),
                                       'bifrost.strategy.api.Costs.commission': ( 'strategy.api.html#costs.commission',
                                                                                  'bifrost/strategy/api.py'),
+                                      'bifrost.strategy.api.Costs.models': ('strategy.api.html#costs.models', 'bifrost/strategy/api.py'),
                                       'bifrost.strategy.api.Costs.sell_price': ( 'strategy.api.html#costs.sell_price',
                                                                                  'bifrost/strategy/api.py'),
                                       'bifrost.strategy.api.MeanReversion': ('strategy.api.html#meanreversion', 'bifrost/strategy/api.py'),

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..core import BifrostError, TradingCalendar, bar_size_delta
 from ..data.read import read_bars
+from ..execution.costs import Commission, Slippage, cost_models
 from ..store import Store
 
 # %% auto #0
@@ -198,6 +199,10 @@ class Costs:
 
     def sell_price(self, open_: float, low: float) -> float:
         return max(open_ * (1 - self.slippage_bps / 1e4), low) if self.slippage_bps else open_
+
+    def models(self) -> tuple[Commission, Slippage]:
+        "The paper broker's exact models of these costs, so paper and live runs charge what the backtest did."
+        return cost_models(self.commission_bps, self.per_share, self.minimum, self.slippage_bps)
 
 # %% ../../nbs/08a_strategy.api.ipynb #135105d9
 def rebalance(positions: np.ndarray, cash: float, weights: np.ndarray, open_: np.ndarray, high: np.ndarray,
