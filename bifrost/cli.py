@@ -27,8 +27,8 @@ __all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_a
            'data_list', 'data_show', 'data_quality', 'data_quarantine', 'portfolio_list', 'portfolio_open',
            'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'backtest', 'report', 'sweep', 'walkforward',
            'check_lookahead_cmd', 'strategy_list', 'strategy_register', 'strategy_promote', 'strategy_rollback',
-           'risk_limits', 'risk_alerts', 'compliance_rules', 'kill', 'audit_verify', 'audit_show', 'bench', 'DemoStep',
-           'demo', 'run']
+           'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'kill', 'audit_verify', 'audit_show',
+           'bench', 'DemoStep', 'demo', 'run']
 
 # %% ../nbs/13_cli.ipynb #712e5520
 app = typer.Typer(help="Bifrost: research-to-production trading, from the notebook.", no_args_is_help=True,
@@ -360,6 +360,32 @@ def strategy_rollback(name: str, reason: str = "rollback"):
     "Promote again the version promoted before the current one."
     from bifrost.strategy.versions import rollback
     typer.echo(f"{name}: rolled back to {rollback(_store(), name, LiveClock(), reason)}")
+
+# %% ../nbs/13_cli.ipynb #19239c6b
+@app.command("orders")
+def orders(account: Optional[str] = None, open_only: bool = typer.Option(False, "--open", help="Working or unknown only."),
+           events: Optional[str] = typer.Option(None, help="A client order id: its status changes.")):
+    "Orders the OMS persisted, newest last."
+    from bifrost.execution.orders import OPEN_STATUSES, OrderJournal
+    journal = OrderJournal(_store(read_only=True), None)
+    if events:
+        _print(journal.events(events))
+        return
+    df = journal.orders(account)
+    if open_only:
+        df = df[df.status.isin([s.value for s in OPEN_STATUSES])]
+    _print(df[["client_order_id", "account", "broker", "symbol", "side", "quantity", "order_type", "status",
+               "filled_quantity", "avg_fill_price", "updated_at", "reason"]])
+
+@app.command("fills")
+def fills(order: Optional[str] = typer.Option(None, help="A client order id."),
+          broker: Optional[str] = None):
+    "Fills the OMS recorded (each once), oldest first."
+    from bifrost.execution.orders import OrderJournal
+    rows = OrderJournal(_store(read_only=True), None).fills(order, broker)
+    _print(pd.DataFrame([(f.ts, f.client_order_id, f.symbol, f.side.value, f.quantity, f.price, f.commission, f.fill_id)
+                         for f in rows], columns=["ts", "client_order_id", "symbol", "side", "quantity", "price",
+                                                  "commission", "fill_id"]))
 
 # %% ../nbs/13_cli.ipynb #9ce805ae
 risk_app = typer.Typer(help="Risk limits and alerts.", no_args_is_help=True)
