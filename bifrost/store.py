@@ -108,6 +108,25 @@ CREATE TABLE IF NOT EXISTS order_fills (
 CREATE TABLE IF NOT EXISTS trading_controls (
     name TEXT PRIMARY KEY, value TEXT NOT NULL, set_at TIMESTAMPTZ NOT NULL, reason TEXT NOT NULL);
 """),
+    (6, "pipelines", """
+CREATE TABLE IF NOT EXISTS pipeline_runs (
+    run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, params TEXT NOT NULL, status TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL, ended_at TIMESTAMPTZ, output_path TEXT, error TEXT, host TEXT NOT NULL,
+    pid INTEGER NOT NULL, account TEXT, scheduled_for TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS run_locks (
+    name TEXT PRIMARY KEY, run_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    acquired_at TIMESTAMPTZ NOT NULL);
+"""),
+    (7, "trading sessions", """
+CREATE TABLE IF NOT EXISTS trading_sessions (
+    account TEXT NOT NULL, session DATE NOT NULL, strategy_version TEXT NOT NULL, mode TEXT NOT NULL,
+    status TEXT NOT NULL, started_at TIMESTAMPTZ NOT NULL, ended_at TIMESTAMPTZ, run_id TEXT, summary TEXT NOT NULL,
+    PRIMARY KEY (account, session));
+CREATE TABLE IF NOT EXISTS parity_reports (
+    account TEXT NOT NULL, session DATE NOT NULL, item INTEGER NOT NULL, kind TEXT NOT NULL, symbol TEXT,
+    ts TIMESTAMPTZ, traded TEXT, backtest TEXT, pnl_effect TEXT NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (account, session, item));
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
