@@ -13,9 +13,11 @@ import pandas as pd
 
 from .metrics import AnalyticsWarning
 from ..core import Fill, bar_size_delta
+from ..execution.orders import OrderJournal
+from ..store import Store
 
 # %% auto #0
-__all__ = ['FILL_COLUMNS', 'fills_frame', 'tca_fills', 'tca_orders', 'tca_summary']
+__all__ = ['FILL_COLUMNS', 'OPPORTUNITY_COLUMNS', 'fills_frame', 'tca_fills', 'tca_orders', 'oms_orders', 'tca_summary']
 
 # %% ../../nbs/07e_analytics.tca.ipynb #f52a0f96
 FILL_COLUMNS = ("fill_id", "client_order_id", "symbol", "side", "quantity", "price", "ts", "commission")
@@ -73,20 +75,25 @@ def tca_fills(fills: Iterable[Fill] | pd.DataFrame, bars: pd.DataFrame | None = 
     return f
 
 # %% ../../nbs/07e_analytics.tca.ipynb #a3cc1395
+def _close_by(o: pd.DataFrame, col: str, bars: pd.DataFrame, step: pd.Timedelta) -> pd.Series:
+    "Per order, the close of the last bar of its symbol that had ended by the time in column `col` (NaN if none)."
+    out = pd.Series(np.nan, o.index)
+    need = o[col].notna() if col in o else pd.Series(False, o.index)
+    if not need.any() or bars is None or not len(bars):
+        return out
+    d = o.loc[need, ["symbol", col]]
+    d = d.assign(**{col: pd.to_datetime(d[col], utc=True)})
+    b = bars[["symbol", "ts", "close"]].assign(end=lambda x: x.ts + step).astype({"ts": d[col].dtype})
+    b = b.astype({"end": d[col].dtype}).sort_values("end")
+    m = pd.merge_asof(d.reset_index(names="_key").sort_values(col), b[["symbol", "end", "close"]],
+                      left_on=col, right_on="end", by="symbol", direction="backward")
+    out.loc[m["_key"].to_numpy()] = m["close"].to_numpy()
+    return out
+
 def _arrival(o: pd.DataFrame, bars: pd.DataFrame | None, step: pd.Timedelta) -> pd.Series:
     "Arrival price per order: its `arrival_price`, else the close of the last bar ended by `decision_ts`."
     arrival = o["arrival_price"].astype(np.float64) if "arrival_price" in o else pd.Series(np.nan, o.index)
-    if "decision_ts" in o and bars is not None and len(bars):
-        need = arrival.isna() & o["decision_ts"].notna()
-        if need.any():
-            d = o.loc[need, ["symbol", "decision_ts"]]
-            d = d.assign(decision_ts=pd.to_datetime(d["decision_ts"], utc=True))
-            b = bars[["symbol", "ts", "close"]].assign(end=lambda x: x.ts + step).astype({"ts": d.decision_ts.dtype})
-            b = b.astype({"end": d.decision_ts.dtype}).sort_values("end")
-            m = pd.merge_asof(d.reset_index(names="_key").sort_values("decision_ts"), b[["symbol", "end", "close"]],
-                              left_on="decision_ts", right_on="end", by="symbol", direction="backward")
-            arrival.loc[m["_key"].to_numpy()] = m["close"].to_numpy()
-    return arrival
+    return arrival.fillna(_close_by(o, "decision_ts", bars, step))
 
 def _vwap(o: pd.DataFrame, bars: pd.DataFrame) -> np.ndarray:
     "Volume-weighted typical price over each order's bars, first fill's bar to last fill's bar."
@@ -107,9 +114,10 @@ def tca_orders(fills: Iterable[Fill] | pd.DataFrame, bars: pd.DataFrame | None =
     "Implementation shortfall, VWAP and bar slippage, commission and fees of each order."
     step = bar_size_delta(bar_size)
     f = tca_fills(fills, bars, bar_size)
-    if orders is not None:
-        extra = [c for c in orders.columns if c != "client_order_id"]
-        f = f.drop(columns=[c for c in extra if c in f]).merge(orders, on="client_order_id", how="left")
+    if orders is not None:  # an order's own columns win over its fills' where the order gives them
+        f = f.merge(orders, on="client_order_id", how="left", suffixes=("", "_order"))
+        for col in [c for c in orders.columns if c != "client_order_id" and f"{c}_order" in f]:
+            f[col] = f.pop(f"{col}_order").combine_first(f[col])
     f["q_open"] = f["quantity"] * f["open_slippage_bps"]
     f["q_close"] = f["quantity"] * f["close_slippage_bps"]
     f["costs"] = f["commission"] + f["fees"]
@@ -143,7 +151,58 @@ def tca_orders(fills: Iterable[Fill] | pd.DataFrame, bars: pd.DataFrame | None =
             "arrival_price", "shortfall_bps", "vwap", "vwap_slippage_bps", "open_slippage_bps",
             "close_slippage_bps", "commission", "fees", "fees_bps", "total_cost_bps", "shortfall", "total_cost",
             "fee_share"]
-    return o[cols]
+    if orders is None or "order_quantity" not in orders:
+        return o[cols]
+    return _with_opportunity(o, orders, bars, step)[cols + OPPORTUNITY_COLUMNS]
+
+OPPORTUNITY_COLUMNS = ["order_quantity", "unfilled", "end_price", "opportunity_cost", "opportunity_bps",
+                       "implementation_shortfall", "implementation_shortfall_bps"]
+
+def _with_opportunity(o: pd.DataFrame, orders: pd.DataFrame, bars: pd.DataFrame | None, step: pd.Timedelta):
+    "Add what the unfilled part cost (Perold): orders that never filled too, priced at the close when they stopped."
+    orders = orders.set_index("client_order_id")
+    idle = orders.index.difference(o.index)
+    if len(idle):  # never filled: no execution cost, only the opportunity missed
+        n = orders.loc[idle]
+        missing = [c for c in ("symbol", "side") if c not in n]
+        if missing:
+            raise ValueError(f"orders that never filled need {missing} to be costed")
+        side = n["side"].map(lambda s: getattr(s, "value", s)).str.lower()
+        blank = pd.DataFrame({"strategy": n.get("strategy", pd.Series("default", idle)).fillna("default"),
+                              "symbol": n["symbol"], "side": side, "sign": np.where(side == "buy", 1.0, -1.0),
+                              "fills": 0, "quantity": 0.0, "notional": 0.0, "commission": 0.0, "fees": 0.0,
+                              "costs": 0.0, "shortfall": 0.0}, index=idle)
+        for c in ("arrival_price", "decision_ts"):
+            if c in n:
+                blank[c] = n[c]
+        blank["arrival_price"] = _arrival(blank, bars, step)
+        o = pd.concat([o, blank])
+    oq = orders["order_quantity"].astype(np.float64).reindex(o.index)
+    o["order_quantity"] = oq.fillna(o["quantity"])  # an order the caller did not describe: as filled
+    if (o["quantity"] > o["order_quantity"] + 1e-9).any():
+        bad = o.index[o["quantity"] > o["order_quantity"] + 1e-9].tolist()
+        raise ValueError(f"orders {bad[:3]} filled more than their order quantity")
+    o["unfilled"] = o["order_quantity"] - o["quantity"]
+    if "closed_at" in orders:
+        o["closed_at"] = orders["closed_at"].reindex(o.index)
+    o["end_price"] = _close_by(o, "closed_at", bars, step)
+    o["opportunity_cost"] = np.where(o["unfilled"] > 0, o["sign"] * o["unfilled"] * (o["end_price"] - o["arrival_price"]),
+                                     0.0)
+    paper = o["order_quantity"] * o["arrival_price"]  # the paper portfolio: the whole order at the arrival price
+    o["opportunity_bps"] = o["opportunity_cost"] / paper * 1e4
+    o["implementation_shortfall"] = o["shortfall"] + o["costs"] + o["opportunity_cost"]
+    o["implementation_shortfall_bps"] = o["implementation_shortfall"] / paper * 1e4
+    return o
+
+def oms_orders(store: Store, account: str | None = None) -> pd.DataFrame:
+    "The OMS's orders as `tca_orders(orders=...)` wants them: intended quantity, decision time, when they stopped."
+    df = OrderJournal(store, None).orders(account)
+    done = df["status"].isin(["filled", "cancelled", "rejected", "expired"])
+    return pd.DataFrame({"client_order_id": df["client_order_id"], "symbol": df["symbol"], "side": df["side"],
+                         "strategy": df["strategy"].fillna("default"),
+                         "order_quantity": df["quantity"].astype(np.float64),
+                         "decision_ts": pd.to_datetime(df["created_at"], utc=True),
+                         "closed_at": pd.to_datetime(df["updated_at"], utc=True).where(done)})
 
 # %% ../../nbs/07e_analytics.tca.ipynb #50c5dcb3
 def tca_summary(orders: pd.DataFrame, # `tca_orders` output

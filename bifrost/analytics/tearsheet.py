@@ -19,6 +19,7 @@ from bokeh.embed.bundle import bundle_for_objs_and_resources
 from bokeh.resources import INLINE
 
 from .kernels import DEFAULT_PERIODS_PER_YEAR, downside_risk, historical_var_cvar
+from ..risk.var import value_at_risk
 from .metrics import (
     AnalyticsWarning, UndefinedMetricWarning, align, as_returns, drawdown_table, performance_metrics,
     position_stats, returns_from_nav, trade_stats)
@@ -224,10 +225,12 @@ def _risk_section(inp: PerformanceInput) -> str:
         v99, c99 = historical_var_cvar(x, 0.99)
         worst = f"{r.min():.2%} on {r.idxmin():%Y-%m-%d}" if len(r) else "—"
         best = f"{r.max():.2%} on {r.idxmax():%Y-%m-%d}" if len(r) else "—"
-        return [_fmt("var", v95), _fmt("var", c95), _fmt("var", v99), _fmt("var", c99),
-                _fmt("var", downside_risk(x, inp.periods_per_year)), worst, best]
+        fin = x[np.isfinite(x)]
+        model = lambda m: float(value_at_risk(fin, confidence=0.99, method=m).var) if len(fin) >= 30 else np.nan
+        return [_fmt("var", v95), _fmt("var", c95), _fmt("var", v99), _fmt("var", c99), _fmt("var", model("normal")),
+                _fmt("var", model("cornish_fisher")), _fmt("var", downside_risk(x, inp.periods_per_year)), worst, best]
     labels = ["95% VaR (one period)", "95% CVaR (one period)", "99% VaR (one period)", "99% CVaR (one period)",
-              "Downside risk (annualised)", "Worst period", "Best period"]
+              "99% VaR, normal", "99% VaR, Cornish-Fisher", "Downside risk (annualised)", "Worst period", "Best period"]
     cols = [col(r) for _, r in series]
     rows = [[html.escape(lab)] + [html.escape(c[i]) for c in cols] for i, lab in enumerate(labels)]
     if inp.positions is not None:
@@ -237,8 +240,8 @@ def _risk_section(inp: PerformanceInput) -> str:
                  ("Time in the market", "exposure_time", ps.exposure_time),
                  ("Turnover (annual, one-way)", "exposure_time", ps.turnover)]
         rows += [[html.escape(lab), html.escape(_fmt(k, v))] + [""] * (len(cols) - 1) for lab, k, v in extra]
-    note = ('<p class="foot">Historical VaR and CVaR, as positive losses over one period. The full VaR family '
-            'belongs to the risk module.</p>')
+    note = ('<p class="foot">VaR and CVaR as positive losses over one period (historical unless named; '
+            '<code>bifrost.risk.var</code>). Far apart historical and Cornish-Fisher figures flag fat tails.</p>')
     return _table(["Risk"] + [n for n, _ in series], rows) + note
 
 def _trades_section(inp: PerformanceInput) -> str:
