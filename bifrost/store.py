@@ -127,6 +127,21 @@ CREATE TABLE IF NOT EXISTS parity_reports (
     ts TIMESTAMPTZ, traded TEXT, backtest TEXT, pnl_effect TEXT NOT NULL, detail TEXT NOT NULL,
     PRIMARY KEY (account, session, item));
 """),
+    (8, "signals", """
+CREATE TABLE IF NOT EXISTS feature_sets (
+    name TEXT NOT NULL, version TEXT NOT NULL, spec TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS feature_values (
+    name TEXT NOT NULL, version TEXT NOT NULL, symbol TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL, feature TEXT NOT NULL,
+    value DOUBLE PRECISION, PRIMARY KEY (name, version, symbol, ts, feature));
+CREATE TABLE IF NOT EXISTS news_items (
+    item_id TEXT PRIMARY KEY, source TEXT NOT NULL, published_at TIMESTAMPTZ NOT NULL,
+    ingested_at TIMESTAMPTZ NOT NULL, headline TEXT NOT NULL, body TEXT, url TEXT, tickers TEXT NOT NULL,
+    events TEXT NOT NULL, sentiment DOUBLE PRECISION, dedup_key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS news_dropped (
+    source TEXT NOT NULL, row_ref TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+    ingested_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (source, row_ref, reason));
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
