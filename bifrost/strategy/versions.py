@@ -11,18 +11,21 @@ import json
 import platform
 import subprocess
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..audit import AuditTrail
 from ..core import Clock
+from ..risk.limits import LimitError, load_limits
 from ..store import Store
 from .api import Panel, Strategy, StrategyError
 
 # %% auto #0
-__all__ = ['code_hash', 'strategy_version', 'register', 'list_versions', 'promotions', 'promote', 'promoted', 'rollback',
-           'data_hash', 'run_manifest']
+__all__ = ['STAGES', 'code_hash', 'strategy_version', 'register', 'list_versions', 'promotions', 'live_readiness', 'promote',
+           'promoted', 'rollback', 'data_hash', 'run_manifest']
 
 # %% ../../nbs/08g_strategy.versions.ipynb #05c743ca
 def code_hash(cls: type) -> str:
@@ -67,17 +70,56 @@ def promotions(store: Store, name: str | None = None) -> pd.DataFrame:
     where, params = ("WHERE name = ?", [name]) if name else ("", [])
     return store.query(f"SELECT * FROM strategy_promotions {where} ORDER BY name, seq", params)
 
-def promote(store: Store, name: str, version: str, clock: Clock, reason: str = "") -> None:
-    "Make `version` the one that pipelines trade for strategy `name`."
+STAGES = ("paper", "live")
+
+def live_readiness(store: Store, version: str, min_sessions: int = 30, tolerance: Decimal = Decimal("1.00")) -> list[str]:
+    "Why `version` may not trade live yet (empty: it may): paper sessions, their parity reports, the accounts' stop-loss."
+    s = store.query("SELECT account, session, summary FROM trading_sessions WHERE strategy_version = ? AND status = 'done' "
+                    "ORDER BY session", [version])
+    failed = []
+    if len(s) < min_sessions:
+        failed.append(f"paper-traded {len(s)} session(s) of the {min_sessions} required")
+    parity = [json.loads(x).get("parity") for x in s.summary]
+    unchecked = [str(d) for d, p in zip(s.session, parity) if p is None]
+    if unchecked:
+        failed.append(f"{len(unchecked)} session(s) without a parity report (first {unchecked[0]})")
+    outside = [(abs(Decimal(p["pnl_effect"])), str(d)) for d, p in zip(s.session, parity)
+               if p is not None and abs(Decimal(p["pnl_effect"])) > tolerance]
+    if outside:
+        worst = max(outside)
+        failed.append(f"{len(outside)} parity report(s) outside ±{tolerance} (worst {worst[1]}: {worst[0]})")
+    for account in sorted(set(s.account)):
+        try:
+            limits = load_limits(store, account)
+        except LimitError:
+            limits = None
+        if limits is None or (limits.max_daily_loss is None and limits.max_drawdown is None):
+            failed.append(f"account {account} has no stop-loss (a max_daily_loss or max_drawdown limit)")
+    return failed
+
+def promote(store: Store, name: str, version: str, clock: Clock, reason: str = "", to: str = "paper",
+            min_sessions: int = 30, tolerance: Decimal = Decimal("1.00"), override: str | None = None) -> None:
+    "Make `version` the one that pipelines trade for strategy `name`; `to='live'` only past the promotion gate."
     known = store.query("SELECT name FROM strategy_versions WHERE version = ?", [version])
     if known.empty or known.name[0] != name:
         raise StrategyError(f"{name} has no registered version {version!r}",
                             hint="see `bifrost strategy list`; register it first")
+    if to not in STAGES:
+        raise StrategyError(f"promote to {to!r}? use one of {STAGES}")
+    failed = live_readiness(store, version, min_sessions, Decimal(tolerance)) if to == "live" else []
+    if failed and not (override and override.strip()):
+        raise StrategyError(f"{name} {version} may not trade live: " + "; ".join(failed),
+                            hint=f"paper-trade it for {min_sessions} sessions with parity reports inside ±{tolerance} "
+                                 "on an account with a stop-loss, or override with a reason (it is audited)")
     with store.transaction():
+        if to == "live":  # audited first: who let what trade live, past which failed conditions
+            AuditTrail(store).append("strategy.override" if failed else "strategy.promote", "*", f"{name}:{version}",
+                                     {"to": to, "failed": failed, "reason": override if failed else reason},
+                                     clock.now())
         seq = store.scalar("SELECT coalesce(max(seq), 0) FROM strategy_promotions WHERE name = ?", [name])
         store.upsert("strategy_promotions", pd.DataFrame([{
             "name": name, "seq": int(seq) + 1, "version": version, "promoted_at": pd.Timestamp(clock.now()),
-            "reason": reason}]), ["name", "seq"])
+            "reason": f"[{to}] {reason}" if to == "live" else reason}]), ["name", "seq"])
 
 def promoted(store: Store, name: str) -> Strategy:
     "The promoted version of `name`, built and checked against its recorded hash."
