@@ -80,10 +80,11 @@ def live_readiness(store: Store, version: str, min_sessions: int = 30, tolerance
     if len(s) < min_sessions:
         failed.append(f"paper-traded {len(s)} session(s) of the {min_sessions} required")
     parity = [json.loads(x).get("parity") for x in s.summary]
-    unchecked = [str(d) for d, p in zip(s.session, parity) if p is None]
+    days = [str(pd.Timestamp(d).date()) for d in s.session]
+    unchecked = [d for d, p in zip(days, parity) if p is None]
     if unchecked:
         failed.append(f"{len(unchecked)} session(s) without a parity report (first {unchecked[0]})")
-    outside = [(abs(Decimal(p["pnl_effect"])), str(d)) for d, p in zip(s.session, parity)
+    outside = [(abs(Decimal(p["pnl_effect"])), d) for d, p in zip(days, parity)
                if p is not None and abs(Decimal(p["pnl_effect"])) > tolerance]
     if outside:
         worst = max(outside)

@@ -1,0 +1,133 @@
+"""Trading sessions replayed through the execution stack, their daily parity reports, and the promotion gate."""
+import datetime as dt
+import json
+from decimal import Decimal
+
+import pytest
+
+from bifrost.audit import AuditTrail
+from bifrost.core import SimulatedClock
+from bifrost.data.ingest import ingest
+from bifrost.data.sources import SAMPLE, SampleSource
+from bifrost.execution.paper import PaperBroker
+from bifrost.risk.limits import Limits, save_limits
+from bifrost.store import connect
+from bifrost.strategy.api import Costs, MeanReversion, StrategyError
+from bifrost.strategy.session import parity_report, trade_session
+from bifrost.strategy.versions import live_readiness, promote, promotions, register
+
+EXACT = Costs(per_share=0.01, minimum=1.0)
+T0 = dt.datetime(2013, 10, 1, tzinfo=dt.timezone.utc)
+DAYS = [dt.date(2013, 10, d) for d in (4, 7, 8)]
+
+
+def _move_price(store, fill_id, by: Decimal):
+    price = Decimal(store.scalar("SELECT price FROM order_fills WHERE fill_id = ?", [fill_id]))
+    store.execute("UPDATE order_fills SET price = ? WHERE fill_id = ?", [str(price + by), fill_id])
+
+
+def _setup(store, account="acct", limits=Limits(max_daily_loss=Decimal("0.05"))):
+    clock = SimulatedClock(T0)
+    v = register(store, MeanReversion(window=20, entry=1.5), clock, name="mr")
+    promote(store, "mr", v, clock, "paper")
+    save_limits(store, account, limits, T0, T0, "paper account", AuditTrail(store))
+    return v, clock
+
+
+@pytest.fixture
+def spy(tmp_path):
+    s = connect(f"duckdb:///{tmp_path}/s.duckdb")
+    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY" and f.spec.bar_size == "1min")
+    ingest(s, SampleSource(feeds), progress=False)
+    return s
+
+
+def test_sessions_when_replayed_then_ledger_carries_over_and_parity_reports_are_empty(spy):
+    v, _ = _setup(spy)
+    out = [trade_session(spy, "acct", DAYS[0], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)]
+    out += [trade_session(spy, "acct", d, costs=EXACT, progress=False) for d in DAYS[1:]]  # strategy, symbols carried
+    assert all(s.status == "done" and s.version == v and s.fills > 5 for s in out)
+    rows = spy.query("SELECT session, status, summary FROM trading_sessions ORDER BY session")
+    infos = [json.loads(x) for x in rows.summary]
+    assert list(rows.status) == ["done"] * 3
+    # the ledger persists: each session starts with the cash the last one ended with
+    assert Decimal(infos[1]["start_cash"]) == Decimal(infos[0]["start_cash"]) + out[0].pnl
+    for d in DAYS:
+        assert parity_report(spy, "acct", d).empty
+    assert spy.scalar("SELECT count(*) FROM parity_reports") == 0
+    assert AuditTrail(spy).verify().ok
+    with pytest.raises(StrategyError, match="already has a done session"):
+        trade_session(spy, "acct", DAYS[0], costs=EXACT, progress=False)
+
+
+def test_parity_report_when_fill_worse_or_missing_then_listed_with_pnl_effect(spy):
+    _setup(spy)
+    trade_session(spy, "acct", DAYS[1], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+    fills = spy.query("SELECT fill_id, ts, side, quantity, price, commission FROM order_fills ORDER BY ts")
+    worse, gone = fills.iloc[0], fills.iloc[3]
+    _move_price(spy, worse.fill_id, Decimal("0.05"))  # a worse buy
+    spy.execute("DELETE FROM order_fills WHERE fill_id = ?", [gone.fill_id])                       # a missed order
+    report = parity_report(spy, "acct", DAYS[1]).set_index("kind")
+    assert sorted(report.index) == ["fill_price", "missed"]
+    q = int(worse.quantity) * (1 if worse.side == "buy" else -1)
+    assert Decimal(report.loc["fill_price", "pnl_effect"]) == -q * Decimal("0.05")
+    closes = spy.query("SELECT close FROM bars WHERE symbol = 'SPY' AND ts < ? ORDER BY ts DESC LIMIT 1",
+                       [dt.datetime(2013, 10, 8, 4, tzinfo=dt.timezone.utc)])  # the end of DAYS[1], local
+    qg = int(gone.quantity) * (1 if gone.side == "buy" else -1)
+    made = qg * (Decimal(repr(float(closes.close.iat[0]))) - Decimal(gone.price)) - Decimal(gone.commission)
+    assert Decimal(report.loc["missed", "pnl_effect"]) == (-made).quantize(Decimal("0.01"))
+    stored = spy.query("SELECT kind, pnl_effect FROM parity_reports ORDER BY item")
+    assert sorted(stored.kind) == ["fill_price", "missed"]
+    info = json.loads(spy.scalar("SELECT summary FROM trading_sessions"))
+    assert info["parity"]["items"] == 2
+
+
+class _Dies(PaperBroker):
+    def on_bar(self, bar):
+        if bar.ts.hour >= 15:
+            raise RuntimeError("feed lost")
+        return super().on_bar(bar)
+
+
+def test_session_when_it_fails_then_marked_failed_with_the_error(spy):
+    _setup(spy)
+    clock = SimulatedClock(dt.datetime(2013, 10, 7, 8, tzinfo=dt.timezone.utc))
+    broker = _Dies(clock, cash=Decimal(100_000), participation=None, extended_hours=True)
+    with pytest.raises(RuntimeError, match="feed lost"):
+        trade_session(spy, "acct", DAYS[1], strategy="mr", symbols=["SPY"], costs=EXACT, clock=clock, broker=broker,
+                      progress=False)
+    row = spy.query("SELECT status, summary FROM trading_sessions")
+    assert row.status.iat[0] == "failed" and "feed lost" in json.loads(row.summary.iat[0])["error"]
+    with pytest.raises(StrategyError, match="no finished session"):
+        parity_report(spy, "acct", DAYS[1])
+
+
+def test_promote_to_live_when_conditions_fail_then_refused_naming_each(spy):
+    v, clock = _setup(spy, limits=Limits(max_order_notional=Decimal(1_000_000)))  # no stop-loss
+    trade_session(spy, "acct", DAYS[0], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+    with pytest.raises(StrategyError) as err:
+        promote(spy, "mr", v, clock, "live", to="live", min_sessions=2)
+    text = str(err.value)
+    assert "1 session(s) of the 2 required" in text and "without a parity report" in text and "no stop-loss" in text
+    with pytest.raises(StrategyError, match="override"):
+        promote(spy, "mr", v, clock, "live", to="live", override="  ")
+    promote(spy, "mr", v, clock, "live", to="live", min_sessions=2, override="desk head approved a pilot")
+    rec = AuditTrail(spy).records(kind="strategy.override").iloc[-1]
+    assert rec.subject == f"mr:{v}" and "pilot" in str(rec.payload)
+    assert promotions(spy, "mr").reason.iloc[-1] == "[live] live"
+
+
+def test_promote_to_live_when_sessions_in_parity_and_stop_loss_then_allowed(spy):
+    v, clock = _setup(spy)
+    for i, d in enumerate(DAYS):
+        trade_session(spy, "acct", d, strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+        if i < 2:
+            parity_report(spy, "acct", d)
+    assert live_readiness(spy, v, min_sessions=3) == ["1 session(s) without a parity report (first 2013-10-08)"]
+    parity_report(spy, "acct", DAYS[2])
+    assert live_readiness(spy, v, min_sessions=3) == []
+    promote(spy, "mr", v, clock, "three clean sessions", to="live", min_sessions=3)
+    assert AuditTrail(spy).records(kind="strategy.promote").subject.iloc[-1] == f"mr:{v}"
+    _move_price(spy, spy.scalar("SELECT min(fill_id) FROM order_fills"), Decimal(1))
+    parity_report(spy, "acct", DAYS[0])
+    assert "outside ±1.00" in live_readiness(spy, v, min_sessions=3)[0]
