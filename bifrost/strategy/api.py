@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -119,10 +120,12 @@ class Strategy:
     @classmethod
     def params(cls) -> dict[str, Param]:
         "The declared parameters, in declaration order (base classes first)."
-        out = {}
-        for klass in reversed(cls.__mro__):
-            out.update({k: v for k, v in vars(klass).items() if isinstance(v, Param)})
-        return out
+        if "_declared" not in cls.__dict__:  # walked once per class: a sweep builds thousands of instances
+            out = {}
+            for klass in reversed(cls.__mro__):
+                out.update({k: v for k, v in vars(klass).items() if isinstance(v, Param)})
+            cls._declared = out
+        return dict(cls._declared)
 
     def validate(self) -> None:
         "Check relations between parameters (override; raise `StrategyError`)."
@@ -273,17 +276,89 @@ class SmaCross(Strategy):
     @staticmethod
     def targets_batch(panel: Panel, strategies: list["SmaCross"]) -> np.ndarray:
         "`targets` of many SmaCross at once (combos × bars × symbols), each moving average computed once."
-        close = panel.close
-        means = {n: close.rolling(n).mean().to_numpy(np.float64)
-                 for n in sorted({s.fast for s in strategies} | {s.slow for s in strategies})}
-        out = np.empty((len(strategies),) + close.shape)
-        for k, s in enumerate(strategies):
-            fast, slow = means[s.fast], means[s.slow]
-            long = np.where(np.isnan(slow), 0.0, (fast > slow).astype(np.float64)) / close.shape[1]
-            changed = np.ones_like(long, dtype=bool)
-            changed[1:] = long[1:] != long[:-1]
-            out[k] = np.where(changed, long, np.nan)
-        return out
+        return _cross_weights(*_sma_pairs(panel, strategies))
+
+    @staticmethod
+    def targets_batches(panel: Panel, strategies: list["SmaCross"], size: int) -> Iterator[np.ndarray]:
+        "`targets_batch` of `size` strategies at a time (the last slice may be shorter); the averages computed once."
+        means, fast, slow = _sma_pairs(panel, strategies)
+        for start in range(0, len(strategies), size):
+            yield _cross_weights(means, fast[start:start + size], slow[start:start + size])
+
+# %% ../../nbs/08a_strategy.api.ipynb #5a3e0b11
+@numba.njit(cache=True)
+def _rolling_mean(x, n):
+    "`pd.Series(x).rolling(n).mean()` bit for bit: pandas' compensated running sum, its rules for runs and signs."
+    out = np.empty(len(x))
+    nobs, negatives, same = 0, 0, 0
+    total, carry_add, carry_remove = 0.0, 0.0, 0.0
+    prev = x[0] if len(x) else np.nan
+    for i in range(len(x)):
+        if i >= n:  # the value leaving the window
+            v = x[i - n]
+            if v == v:
+                nobs -= 1
+                y = -v - carry_remove
+                s = total + y
+                carry_remove = s - total - y
+                total = s
+                if v < 0:
+                    negatives -= 1
+        v = x[i]
+        if v == v:
+            nobs += 1
+            y = v - carry_add
+            s = total + y
+            carry_add = s - total - y
+            total = s
+            if v < 0:
+                negatives += 1
+            same = same + 1 if v == prev else 1
+            prev = v
+        if nobs >= n and nobs > 0:
+            mean = total / nobs
+            if same >= nobs:  # a window of one repeated value is that value, with no rounding
+                mean = prev
+            elif negatives == 0 and mean < 0:
+                mean = 0.0
+            elif negatives == nobs and mean > 0:
+                mean = 0.0
+            out[i] = mean
+        else:
+            out[i] = np.nan
+    return out
+
+@numba.njit(cache=True)
+def _rolling_means(close, windows):
+    "The rolling mean of every column for every window (windows × bars × symbols)."
+    n_bars, n_sym = close.shape
+    out = np.empty((len(windows), n_bars, n_sym))
+    for k in range(len(windows)):
+        for i in range(n_sym):
+            out[k, :, i] = _rolling_mean(np.ascontiguousarray(close[:, i]), windows[k])
+    return out
+
+@numba.njit(parallel=True, cache=True)
+def _cross_weights(means, fast, slow):
+    "SmaCross's targets for each (means[fast[c]], means[slow[c]]) pair: 1/symbols while fast > slow, kept on changes."
+    _, n_bars, n_sym = means.shape
+    out = np.empty((len(fast), n_bars, n_sym))
+    for c in numba.prange(len(fast)):
+        f, s, prev = means[fast[c]], means[slow[c]], np.empty(n_sym)
+        for t in range(n_bars):
+            for i in range(n_sym):
+                w = 0.0 if s[t, i] != s[t, i] else (1.0 if f[t, i] > s[t, i] else 0.0) / n_sym
+                out[c, t, i] = w if t == 0 or w != prev[i] else np.nan
+                prev[i] = w
+    return out
+
+def _sma_pairs(panel: Panel, strategies: list[SmaCross]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Every distinct window's moving average of the closes, and where each strategy's fast and slow ones are."
+    windows = sorted({s.fast for s in strategies} | {s.slow for s in strategies})
+    at = {n: k for k, n in enumerate(windows)}
+    means = _rolling_means(np.ascontiguousarray(panel.close.to_numpy(np.float64)), np.array(windows, np.int64))
+    return (means, np.array([at[s.fast] for s in strategies], np.int64),
+            np.array([at[s.slow] for s in strategies], np.int64))
 
 # %% ../../nbs/08a_strategy.api.ipynb #4052d2ff
 def month_end_sessions(index: pd.DatetimeIndex, calendar: str = "XNYS") -> np.ndarray:

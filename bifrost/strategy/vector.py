@@ -217,20 +217,172 @@ def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
                           pd.Series(equity, index=panel.index, name="equity"), w, decisions)
 
 
+# %% ../../nbs/08b_strategy.vector.ipynb #5a3e0c01
+@numba.njit(cache=True)
+def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, equity, rets):
+    "`simulate`'s arithmetic keeping only equity (into `equity`) and simple returns (into `rets`); returns the trade count."
+    n_bars, n_sym = close.shape
+    pos = np.zeros(n_sym, np.int64)
+    marks = np.full(n_sym, np.nan)
+    sells = np.empty(n_sym, np.int64)
+    buys = np.empty(n_sym, np.int64)
+    deltas = np.zeros(n_sym, np.int64)
+    n_trades = 0
+    cash = cash0
+    for t in range(n_bars):
+        if t > 0:
+            active = False  # most bars carry no order at all: skip valuing the account for them
+            for i in range(n_sym):
+                if weights[t - 1, i] == weights[t - 1, i]:
+                    active = True
+                    break
+            if active:
+                value = cash
+                for i in range(n_sym):
+                    if pos[i] != 0:
+                        value += pos[i] * (open_[t, i] if open_[t, i] == open_[t, i] else marks[i])
+                n_sells = 0
+                n_buys = 0
+                for i in range(n_sym):
+                    w = weights[t - 1, i]
+                    if w != w or open_[t, i] != open_[t, i]:
+                        continue
+                    delta = np.int64(math.trunc(w * value / open_[t, i])) - pos[i]
+                    deltas[i] = delta
+                    if delta < 0:
+                        sells[n_sells] = i
+                        n_sells += 1
+                    elif delta > 0:
+                        buys[n_buys] = i
+                        n_buys += 1
+                for k in range(n_sells):
+                    i = sells[k]
+                    delta = deltas[i]
+                    price = max(open_[t, i] * (1 - slip_bps / 1e4), low[t, i]) if slip_bps else open_[t, i]
+                    fee = _commission(delta, price, bps, per_share, minimum)
+                    cash = cash - delta * price
+                    cash = cash - fee
+                    pos[i] += delta
+                    n_trades += 1
+                for k in range(n_buys):
+                    i = buys[k]
+                    delta = deltas[i]
+                    price = min(open_[t, i] * (1 + slip_bps / 1e4), high[t, i]) if slip_bps else open_[t, i]
+                    qty = min(delta, np.int64(math.floor(cash / price)))
+                    while qty > 0 and cash - qty * price - _commission(qty, price, bps, per_share, minimum) < 0:
+                        qty -= 1
+                    if qty <= 0:
+                        continue
+                    fee = _commission(qty, price, bps, per_share, minimum)
+                    cash = cash - qty * price
+                    cash = cash - fee
+                    pos[i] += qty
+                    n_trades += 1
+        value = cash
+        for i in range(n_sym):
+            if close[t, i] == close[t, i]:
+                marks[i] = close[t, i]
+            if pos[i] != 0:
+                value += pos[i] * marks[i]
+        equity[t] = value
+        if t > 0:
+            rets[t - 1] = _simple_return(equity[t - 1], value)
+    return n_trades
+
+@numba.njit(cache=True, error_model="numpy")
+def _simple_return(before, after):
+    return (after - before) / before  # as numpy divides: a zero or negative equity gives inf/nan, not an exception
+
+# %% ../../nbs/08b_strategy.vector.ipynb #5a3e0c02
+@numba.njit(cache=True)
+def _block_sum(a, lo, n):
+    "numpy's pairwise-summation leaf: eight running sums, combined in a fixed tree, then the rest."
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3], a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+@numba.njit(cache=True)
+def _numpy_sum(a):
+    "`a.sum()` bit for bit: numpy halves the array (at multiples of 8) down to blocks of at most 128."
+    # an explicit stack, not recursion: numba's on-disk cache cannot reload recursive functions
+    los, ns = np.empty(64, np.int64), np.empty(64, np.int64)
+    stage, left = np.zeros(64, np.int8), np.empty(64)
+    los[0], ns[0], top, last = 0, len(a), 1, 0.0
+    while top:
+        k = top - 1
+        if ns[k] <= 128:
+            last = _block_sum(a, los[k], ns[k])
+            top -= 1
+            continue
+        half = ns[k] // 2
+        half -= half % 8
+        if stage[k] == 0:  # sum the left half first
+            stage[k] = 1
+            los[top], ns[top], stage[top] = los[k], half, 0
+            top += 1
+        elif stage[k] == 1:  # then the right half
+            left[k], stage[k] = last, 2
+            los[top], ns[top], stage[top] = los[k] + half, ns[k] - half, 0
+            top += 1
+        else:
+            last = left[k] + last
+            top -= 1
+    return 0.0 + last
+
+@numba.njit(cache=True)
+def _sharpe(rets, periods_per_year):
+    "`mean / std(ddof=1) * sqrt(periods_per_year)` of `rets` as numpy computes it (NaN when they never vary); overwrites `rets`."
+    n = len(rets)
+    if n < 2:
+        return np.nan
+    mean = _numpy_sum(rets) / n
+    for k in range(n):
+        d = rets[k] - mean
+        rets[k] = d * d
+    sd = math.sqrt(_numpy_sum(rets) / (n - 1))
+    return mean / sd * math.sqrt(periods_per_year) if sd > 0 else np.nan
+
 # %% ../../nbs/08b_strategy.vector.ipynb #67c80d03
 @numba.njit(parallel=True, cache=True)
 def simulate_many(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps):
     "Equity per bar (combos × bars) and trade counts for each combination's weights (combos × bars × symbols)."
-    n_combos = weights.shape[0]
-    equity = np.empty((n_combos, close.shape[0]))
+    n_combos, n_bars = weights.shape[0], close.shape[0]
+    equity = np.empty((n_combos, n_bars))
     n_trades = np.empty(n_combos, np.int64)
-    unblocked = np.zeros(close.shape, np.bool_)  # sweeps explore parameters; the chosen set is re-run through the gate
     for c in numba.prange(n_combos):
-        _, _, eq, trades = simulate(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
-                                    unblocked)
-        equity[c] = eq
-        n_trades[c] = trades.shape[0]
+        n_trades[c] = _simulate_equity(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
+                                       equity[c], np.empty(max(n_bars - 1, 0)))
     return equity, n_trades
+
+@numba.njit(parallel=True, cache=True)
+def _sweep(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
+           equity, n_trades, sharpe):
+    "Fill `equity`, `n_trades` and `sharpe` for every combination's weights; one thread per combination."
+    n_bars = close.shape[0]
+    for c in numba.prange(weights.shape[0]):
+        rets = np.empty(max(n_bars - 1, 0))
+        n_trades[c] = _simulate_equity(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
+                                       equity[c], rets)
+        sharpe[c] = _sharpe(rets, periods_per_year)
 
 @dataclass(frozen=True)
 class SweepResult:
@@ -260,27 +412,29 @@ def grid(strategy_cls: type[Strategy], **values) -> list[dict]:
     return valid
 
 def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], cash: float = 100_000.0,
-              costs: Costs = Costs(), periods_per_year: int = 252, chunk: int = 500) -> SweepResult:
-    "Backtest every parameter combination in `combos` on `panel`."
+              costs: Costs = Costs(), periods_per_year: int = 252, chunk: int = 32) -> SweepResult:
+    "Backtest every parameter combination in `combos` on `panel`, `chunk` combinations' targets at a time."
     if not combos:
         raise StrategyError("the sweep has no valid parameter combinations")
     strategies = [strategy_cls(**c) for c in combos]
     arr = lambda f: np.ascontiguousarray(getattr(panel, f).to_numpy(np.float64))
     o, h, l, c_ = arr("open"), arr("high"), arr("low"), arr("close")
-    curves, trades = [], []
-    for start in range(0, len(strategies), chunk):
-        part = strategies[start:start + chunk]
-        batch = getattr(strategy_cls, "targets_batch", None)
-        w = batch(panel, part) if batch else np.stack([s.run_targets(panel).to_numpy(np.float64) for s in part])
-        eq, n = simulate_many(o, h, l, c_, np.ascontiguousarray(w), float(cash), costs.commission_bps,
-                              costs.per_share, costs.minimum, costs.slippage_bps)
-        curves.append(eq)
-        trades.append(n)
-    equity = np.concatenate(curves)
-    rets = np.diff(equity, axis=1) / equity[:, :-1]
-    sd = rets.std(axis=1, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sharpe = np.where(sd > 0, rets.mean(axis=1) / sd * np.sqrt(periods_per_year), np.nan)
-    table = pd.DataFrame(combos).assign(final_equity=equity[:, -1], total_return=equity[:, -1] / cash - 1,
-                                        sharpe=sharpe, trades=np.concatenate(trades))
+    parts = [strategies[start:start + chunk] for start in range(0, len(strategies), chunk)]
+    batches, batch = getattr(strategy_cls, "targets_batches", None), getattr(strategy_cls, "targets_batch", None)
+    weights = (batches(panel, strategies, chunk) if batches else
+               (batch(panel, part) for part in parts) if batch else
+               (np.stack([s.run_targets(panel).to_numpy(np.float64) for s in part]) for part in parts))
+    equity, trades, sharpe = np.empty((len(combos), len(panel))), np.empty(len(combos), np.int64), np.empty(len(combos))
+    start = 0
+    for w in weights:  # small slices of weights stay in cache between being built and being simulated
+        stop = start + len(w)
+        _sweep(o, h, l, c_, np.ascontiguousarray(w, dtype=np.float64), float(cash), costs.commission_bps,
+               costs.per_share, costs.minimum, costs.slippage_bps, periods_per_year, equity[start:stop],
+               trades[start:stop], sharpe[start:stop])
+        start = stop
+    table = pd.DataFrame(combos)
+    table["final_equity"] = equity[:, -1]
+    table["total_return"] = equity[:, -1] / cash - 1
+    table["sharpe"] = sharpe
+    table["trades"] = trades
     return SweepResult(strategy_cls.__name__, table, equity)

@@ -1,0 +1,161 @@
+"""The fast sweep path gives exactly what the single-run engine gives (correctness only; speed is `bifrost bench backtest`).
+
+`run_sweep` takes three shortcuts to be fast: SmaCross builds every pair's targets with its own rolling-mean
+kernel, `_simulate_equity` repeats `simulate` without the trade list, and the Sharpe ratio is summed in the
+kernel. Each must agree with the reference bit for bit: pandas' `rolling().mean()`, `simulate`, and numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import sample_panel
+
+from bifrost.strategy.api import FIELDS, Costs, Momentum, Panel, SmaCross, _rolling_mean, _rolling_means
+from bifrost.strategy.research import sharpe
+from bifrost.strategy.vector import (
+    _numpy_sum,
+    _sharpe,
+    _simulate_equity,
+    _sweep,
+    grid,
+    run_sweep,
+    run_vectorized,
+    simulate,
+    simulate_many,
+)
+
+COSTS = Costs(commission_bps=1.0, per_share=0.005, minimum=1.0, slippage_bps=2.0)
+
+
+@pytest.fixture(scope="module")
+def spy(tmp_path_factory) -> Panel:
+    return sample_panel(tmp_path_factory.mktemp("sweep"), "SPY", "2011-01-01", "2020-12-31")
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> Panel:
+    "SPY and QQQ daily with holes: QQQ has no bar on 40 random days (NaN open/high/low/close)."
+    folder = tmp_path_factory.mktemp("sweep2")
+    a, b = (sample_panel(folder, s, "2015-01-01", "2020-12-31") for s in ("SPY", "QQQ"))
+    frames = {f: pd.concat([getattr(a, f), getattr(b, f)], axis=1) for f in FIELDS}
+    holes = np.random.default_rng(7).choice(len(frames["close"]), 40, replace=False)
+    for f in FIELDS:
+        frames[f].iloc[holes, 1] = np.nan
+    return Panel(*(frames[f] for f in FIELDS))
+
+
+def test_rolling_mean_matches_pandas_bit_for_bit():
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        m = int(rng.integers(1, 400))
+        x = rng.normal(100, 20, m) * rng.choice([1.0, -1.0, 1e-3, 1e6])
+        if trial % 3 == 0:
+            x[rng.random(m) < 0.1] = np.nan
+        if trial % 4 == 0:
+            x[m // 3: m // 2] = x[m // 3]  # a run of one value
+        if trial % 5 == 0:
+            x = np.round(x, 1)
+        for n in (1, 2, 3, 5, 17, 50):
+            np.testing.assert_array_equal(_rolling_mean(x, n), pd.Series(x).rolling(n).mean().to_numpy())
+
+
+def test_rolling_means_of_a_panel(two):
+    windows = np.array([2, 7, 30, 200], np.int64)
+    got = _rolling_means(np.ascontiguousarray(two.close.to_numpy()), windows)
+    for k, n in enumerate(windows):
+        np.testing.assert_array_equal(got[k], two.close.rolling(int(n)).mean().to_numpy())
+
+
+def test_targets_batch_is_each_strategys_targets(spy, two):
+    for panel in (spy, two):
+        strategies = [SmaCross(**c) for c in grid(SmaCross, fast=[2, 5, 13, 40], slow=[5, 21, 60, 150])]
+        batch = SmaCross.targets_batch(panel, strategies)
+        assert batch.shape == (len(strategies),) + panel.close.shape
+        for k, s in enumerate(strategies):
+            np.testing.assert_array_equal(batch[k], s.run_targets(panel).to_numpy())
+
+
+def test_numpy_sum_is_numpys_sum():
+    rng = np.random.default_rng(1)
+    for m in [*range(0, 300), 1000, 2516, 8191, 8192, 8193, 20_000, 100_001]:
+        x = rng.normal(0, 1e-2, m)
+        assert _numpy_sum(x) == x.sum()
+        assert _numpy_sum(x) == np.stack([x, x]).sum(axis=1)[0]  # what run_sweep's table used to reduce
+
+
+def test_sharpe_is_the_research_formula():
+    rng = np.random.default_rng(2)
+    for m in (3, 4, 10, 129, 2517, 30_000):
+        equity = 1e5 * np.cumprod(1 + rng.normal(3e-4, 1e-2, m))
+        rets = np.diff(equity) / equity[:-1]
+        assert _sharpe(rets.copy(), 252) == sharpe(equity, 252)
+    assert np.isnan(_sharpe(np.zeros(50), 252))  # never varies
+    assert np.isnan(_sharpe(np.zeros(1), 252))
+
+
+def _arrays(panel):
+    return tuple(np.ascontiguousarray(getattr(panel, f).to_numpy(np.float64)) for f in ("open", "high", "low", "close"))
+
+
+def test_simulate_equity_is_simulate_on_random_weights(two):
+    "Random targets (some NaN: hold; some negative: short), random costs, a panel with holes."
+    rng = np.random.default_rng(3)
+    arrays = _arrays(two)
+    blocked = np.zeros(arrays[0].shape, np.bool_)
+    for trial in range(40):
+        w = rng.choice([np.nan, np.nan, np.nan, 0.0, 0.3, 0.5, 0.9, -0.2], size=arrays[0].shape)
+        if trial % 2:
+            w[rng.random(w.shape) < 0.9] = np.nan
+        costs = (float(rng.choice([0.0, 5.0])), float(rng.choice([0.0, 0.01])), float(rng.choice([0.0, 2.0])),
+                 float(rng.choice([0.0, 10.0])))
+        cash = float(rng.choice([1_000.0, 100_000.0]))
+        _, _, equity, trades = simulate(*arrays, w, cash, *costs, blocked)
+        got, rets = np.empty(len(equity)), np.empty(len(equity) - 1)
+        n = _simulate_equity(*arrays, w, cash, *costs, got, rets)
+        np.testing.assert_array_equal(got, equity)
+        np.testing.assert_array_equal(rets, np.diff(equity) / equity[:-1])
+        assert n == len(trades)
+
+
+def test_simulate_many_and_sweep_agree_with_simulate(two):
+    arrays = _arrays(two)
+    rng = np.random.default_rng(4)
+    weights = rng.choice([np.nan, np.nan, 0.0, 0.5], size=(9,) + arrays[0].shape)
+    equity, n_trades = simulate_many(*arrays, weights, 50_000.0, 1.0, 0.0, 1.0, 5.0)
+    eq2, n2, sh = np.empty_like(equity), np.empty(len(weights), np.int64), np.empty(len(weights))
+    _sweep(*arrays, weights, 50_000.0, 1.0, 0.0, 1.0, 5.0, 252, eq2, n2, sh)
+    blocked = np.zeros(arrays[0].shape, np.bool_)
+    for c in range(len(weights)):
+        _, _, e, trades = simulate(*arrays, weights[c], 50_000.0, 1.0, 0.0, 1.0, 5.0, blocked)
+        np.testing.assert_array_equal(equity[c], e)
+        np.testing.assert_array_equal(eq2[c], e)
+        assert n_trades[c] == n2[c] == len(trades)
+        assert sh[c] == sharpe(e) or (np.isnan(sh[c]) and np.isnan(sharpe(e)))
+
+
+def test_every_sweep_row_is_its_single_backtest(spy):
+    combos = grid(SmaCross, fast=range(5, 51, 5), slow=range(20, 201, 5))
+    sweep = run_sweep(SmaCross, spy, combos, costs=COSTS)
+    assert list(sweep.table.columns) == ["fast", "slow", "final_equity", "total_return", "sharpe", "trades"]
+    assert sweep.table.trades.dtype == np.int64 and sweep.equity.shape == (len(combos), len(spy))
+    for k in np.random.default_rng(5).choice(len(combos), 12, replace=False):
+        row, single = sweep.table.iloc[k], run_vectorized(SmaCross(**combos[k]), spy, costs=COSTS)
+        np.testing.assert_array_equal(sweep.equity[k], single.equity.to_numpy())
+        assert row.final_equity == single.final_equity and row.trades == len(single.trades)
+        assert row.total_return == single.final_equity / 100_000.0 - 1
+        assert row.sharpe == sharpe(single.equity.to_numpy())
+
+
+def test_chunks_and_the_per_strategy_path_change_nothing(spy, two):
+    combos = grid(SmaCross, fast=[5, 10, 20], slow=[30, 60, 90])
+    whole, chunked = run_sweep(SmaCross, spy, combos), run_sweep(SmaCross, spy, combos, chunk=4)
+    pd.testing.assert_frame_equal(whole.table, chunked.table)
+    np.testing.assert_array_equal(whole.equity, chunked.equity)
+    # a strategy without targets_batch: targets run per combination
+    combos = grid(Momentum, lookback=[21, 63], skip=[0, 21], top=[1, 2])
+    sweep = run_sweep(Momentum, two, combos, costs=COSTS)
+    for k, c in enumerate(combos):
+        single = run_vectorized(Momentum(**c), two, costs=COSTS)
+        np.testing.assert_array_equal(sweep.equity[k], single.equity.to_numpy())
+        assert sweep.table.trades[k] == len(single.trades)
