@@ -131,3 +131,19 @@ def test_promote_to_live_when_sessions_in_parity_and_stop_loss_then_allowed(spy)
     _move_price(spy, spy.scalar("SELECT min(fill_id) FROM order_fills"), Decimal(1))
     parity_report(spy, "acct", DAYS[0])
     assert "outside ±1.00" in live_readiness(spy, v, min_sessions=3)[0]
+
+
+def test_session_when_any_backend_then_parity_and_promotion_read_it(store):
+    "DuckDB and PostgreSQL: session rows, fills as exact text, parity rows and the promotion gate."
+    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY" and f.spec.bar_size == "1min")
+    ingest(store, SampleSource(feeds), progress=False)
+    v, clock = _setup(store)
+    s = trade_session(store, "acct", DAYS[1], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+    assert s.status == "done" and s.fills > 5
+    assert parity_report(store, "acct", DAYS[1]).empty
+    _move_price(store, store.scalar("SELECT min(fill_id) FROM order_fills"), Decimal("0.01"))
+    assert parity_report(store, "acct", DAYS[1]).kind.tolist() == ["fill_price"]
+    assert store.scalar("SELECT count(*) FROM parity_reports") == 1
+    effect = abs(Decimal(store.scalar("SELECT pnl_effect FROM parity_reports")))
+    assert live_readiness(store, v, min_sessions=1, tolerance=effect) == []
+    assert "outside" in live_readiness(store, v, min_sessions=1, tolerance=effect - Decimal("0.01"))[0]
