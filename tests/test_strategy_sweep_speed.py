@@ -12,6 +12,7 @@ import pytest
 from conftest import sample_panel
 
 from bifrost.strategy.api import FIELDS, Costs, Momentum, Panel, SmaCross, _rolling_mean, _rolling_means
+from bifrost.strategy import vector
 from bifrost.strategy.research import sharpe
 from bifrost.strategy.vector import (
     _numpy_sum,
@@ -147,11 +148,14 @@ def test_every_sweep_row_is_its_single_backtest(spy):
         assert row.sharpe == sharpe(single.equity.to_numpy())
 
 
-def test_chunks_and_the_per_strategy_path_change_nothing(spy, two):
+def test_chunks_threads_and_the_per_strategy_path_change_nothing(spy, two, monkeypatch):
     combos = grid(SmaCross, fast=[5, 10, 20], slow=[30, 60, 90])
     whole, chunked = run_sweep(SmaCross, spy, combos), run_sweep(SmaCross, spy, combos, chunk=4)
-    pd.testing.assert_frame_equal(whole.table, chunked.table)
-    np.testing.assert_array_equal(whole.equity, chunked.equity)
+    monkeypatch.setattr(vector, "_PARALLEL_FROM", 0)  # the threaded kernel, as a large sweep runs
+    threaded = run_sweep(SmaCross, spy, combos, chunk=4)
+    for other in (chunked, threaded):
+        pd.testing.assert_frame_equal(whole.table, other.table)
+        np.testing.assert_array_equal(whole.equity, other.equity)
     # a strategy without targets_batch: targets run per combination
     combos = grid(Momentum, lookback=[21, 63], skip=[0, 21], top=[1, 2])
     sweep = run_sweep(Momentum, two, combos, costs=COSTS)

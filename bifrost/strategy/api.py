@@ -338,12 +338,12 @@ def _rolling_means(close, windows):
             out[k, :, i] = _rolling_mean(np.ascontiguousarray(close[:, i]), windows[k])
     return out
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _cross_weights(means, fast, slow):
     "SmaCross's targets for each (means[fast[c]], means[slow[c]]) pair: 1/symbols while fast > slow, kept on changes."
     _, n_bars, n_sym = means.shape
     out = np.empty((len(fast), n_bars, n_sym))
-    for c in numba.prange(len(fast)):
+    for c in range(len(fast)):
         f, s, prev = means[fast[c]], means[slow[c]], np.empty(n_sym)
         for t in range(n_bars):
             for i in range(n_sym):

@@ -373,16 +373,33 @@ def simulate_many(open_, high, low, close, weights, cash0, bps, per_share, minim
                                        equity[c], np.empty(max(n_bars - 1, 0)))
     return equity, n_trades
 
+@numba.njit(cache=True)
+def _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
+               equity, n_trades, sharpe):
+    rets = np.empty(max(close.shape[0] - 1, 0))
+    n_trades[c] = _simulate_equity(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
+                                   equity[c], rets)
+    sharpe[c] = _sharpe(rets, periods_per_year)
+
 @numba.njit(parallel=True, cache=True)
 def _sweep(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
            equity, n_trades, sharpe):
     "Fill `equity`, `n_trades` and `sharpe` for every combination's weights; one thread per combination."
-    n_bars = close.shape[0]
     for c in numba.prange(weights.shape[0]):
-        rets = np.empty(max(n_bars - 1, 0))
-        n_trades[c] = _simulate_equity(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
-                                       equity[c], rets)
-        sharpe[c] = _sharpe(rets, periods_per_year)
+        _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
+                   equity, n_trades, sharpe)
+
+@numba.njit(cache=True)
+def _sweep_serial(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
+                  equity, n_trades, sharpe):
+    "`_sweep` in the calling thread."
+    for c in range(weights.shape[0]):
+        _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
+                   equity, n_trades, sharpe)
+
+# A parallel region ends when its slowest thread does; on a busy machine a descheduled worker costs a scheduler
+# time slice (milliseconds), more than a small sweep takes on one core. Threads pay off from about this much work.
+_PARALLEL_FROM = 5_000_000  # combinations × bars × symbols
 
 @dataclass(frozen=True)
 class SweepResult:
@@ -412,23 +429,25 @@ def grid(strategy_cls: type[Strategy], **values) -> list[dict]:
     return valid
 
 def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], cash: float = 100_000.0,
-              costs: Costs = Costs(), periods_per_year: int = 252, chunk: int = 32) -> SweepResult:
-    "Backtest every parameter combination in `combos` on `panel`, `chunk` combinations' targets at a time."
+              costs: Costs = Costs(), periods_per_year: int = 252, chunk: int = 500) -> SweepResult:
+    "Backtest every parameter combination in `combos` on `panel`, at most `chunk` combinations' targets at a time."
     if not combos:
         raise StrategyError("the sweep has no valid parameter combinations")
     strategies = [strategy_cls(**c) for c in combos]
     arr = lambda f: np.ascontiguousarray(getattr(panel, f).to_numpy(np.float64))
     o, h, l, c_ = arr("open"), arr("high"), arr("low"), arr("close")
-    parts = [strategies[start:start + chunk] for start in range(0, len(strategies), chunk)]
+    parallel = len(combos) * len(panel) * len(panel.symbols) >= _PARALLEL_FROM
+    kernel, size = (_sweep, chunk) if parallel else (_sweep_serial, min(chunk, 32))  # one thread: slices that stay in cache
+    parts = [strategies[start:start + size] for start in range(0, len(strategies), size)]
     batches, batch = getattr(strategy_cls, "targets_batches", None), getattr(strategy_cls, "targets_batch", None)
-    weights = (batches(panel, strategies, chunk) if batches else
+    weights = (batches(panel, strategies, size) if batches else
                (batch(panel, part) for part in parts) if batch else
                (np.stack([s.run_targets(panel).to_numpy(np.float64) for s in part]) for part in parts))
     equity, trades, sharpe = np.empty((len(combos), len(panel))), np.empty(len(combos), np.int64), np.empty(len(combos))
     start = 0
-    for w in weights:  # small slices of weights stay in cache between being built and being simulated
+    for w in weights:
         stop = start + len(w)
-        _sweep(o, h, l, c_, np.ascontiguousarray(w, dtype=np.float64), float(cash), costs.commission_bps,
+        kernel(o, h, l, c_, np.ascontiguousarray(w, dtype=np.float64), float(cash), costs.commission_bps,
                costs.per_share, costs.minimum, costs.slippage_bps, periods_per_year, equity[start:stop],
                trades[start:stop], sharpe[start:stop])
         start = stop
