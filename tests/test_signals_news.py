@@ -6,7 +6,6 @@ import os
 import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from email.utils import format_datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -17,9 +16,9 @@ import pytest
 
 from bifrost.core import AccountState, SimulatedClock, SourceUnavailableError, TradingCalendar
 from bifrost.risk.limits import open_alerts, raise_alerts
-from bifrost.signals.news import (AlpacaNewsStub, NewsError, daily_sentiment, decision_times, ingest_news, news_asof,
-                                  news_dropped, normalise_text, read_alpaca_news, read_news_file, read_rss, sample_news,
-                                  sentiment_alerts)
+from bifrost.signals.news import (AlpacaNewsStub, NewsError, ingest_news, news_asof,
+                                  news_dropped, normalise_text, read_alpaca_news, read_news_file, read_rss, sample_news)
+from bifrost.signals.news_signals import daily_sentiment, decision_times, sentiment_alerts
 
 DEV = Path(os.environ.get("BIFROST_NEWS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "news"))
 needs_dev = pytest.mark.skipif(not (DEV / "bbc_business_rss_headlines_2022-2024.csv").exists(),
@@ -254,6 +253,14 @@ def test_daily_sentiment_uses_the_session_close(store):
     ingest_news(store, rows.iloc[1:], SimulatedClock(at("2024-03-01 21:01")))
     s = daily_sentiment(store, idx, ["ACME", "NONE"])
     assert s.ACME.iloc[0] > 0 and s.ACME.iloc[1] < 0 and s.NONE.isna().all()
+
+
+def test_views_and_alerts_on_an_empty_store(store):
+    assert news_asof(store, at("2024-01-01"), ["AAPL"]).empty
+    assert daily_sentiment(store, pd.DatetimeIndex(["2024-03-01"], tz="UTC"), ["AAPL"]).AAPL.isna().all()
+    assert sentiment_alerts(store, ["AAPL"], at("2024-03-01"), "acct") == []
+    with pytest.raises(NewsError, match="needs an account"):
+        sentiment_alerts(store, ["AAPL"], at("2024-03-01"))
 
 
 def test_sentiment_alert_on_held_position(store):
