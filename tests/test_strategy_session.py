@@ -147,3 +147,49 @@ def test_session_when_any_backend_then_parity_and_promotion_read_it(store):
     effect = abs(Decimal(store.scalar("SELECT pnl_effect FROM parity_reports")))
     assert live_readiness(store, v, min_sessions=1, tolerance=effect) == []
     assert "outside" in live_readiness(store, v, min_sessions=1, tolerance=effect - Decimal("0.01"))[0]
+
+
+def test_live_session_when_streamed_from_loopback_then_bars_stored_and_same_as_replay(spy, tmp_path, monkeypatch):
+    "alpaca-py's StockDataStream against a loopback server speaking Alpaca's protocol; then parity with the backtest."
+    from bifrost.data.read import read_bars
+    from bifrost.strategy.session import MarketDataFake
+    monkeypatch.setenv("ALPACA_API_KEY", "k")
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "s")
+    day = DAYS[1]
+    bars = read_bars(spy, ["SPY"], "1min", "2013-10-07 13:25", "2013-10-07 16:00")  # the session's first hours
+    live = connect(f"duckdb:///{tmp_path}/live.duckdb")  # no bars stored: they arrive on the stream
+    live.upsert("instruments", spy.query("SELECT * FROM instruments WHERE symbol = 'SPY'"), ["symbol"])
+    _setup(live)
+    fake = MarketDataFake(bars, key="k", secret="s")
+    url = fake.start()
+    try:
+        s = trade_session(live, "acct", day, strategy="mr", symbols=["SPY"], costs=EXACT, mode="live", stream_url=url,
+                          idle=3.0, progress=False)
+    finally:
+        fake.stop()
+    assert fake.sent == len(bars) and s.status == "done" and s.mode == "live"
+    stored = live.query("SELECT ts, close FROM bars WHERE symbol = 'SPY' ORDER BY ts")
+    assert len(stored) == len(bars) and (stored.close.to_numpy() == bars.close.to_numpy()).all()
+    assert s.fills > 3 and parity_report(live, "acct", day).empty
+    # a replay of the bars the stream stored trades the same, for another account
+    save_limits(live, "acct2", Limits(max_daily_loss=Decimal("0.05")), T0, T0, "replay twin", AuditTrail(live))
+    replayed = trade_session(live, "acct2", day, strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+    assert (s.orders, s.fills, s.pnl) == (replayed.orders, replayed.fills, replayed.pnl)
+
+
+def test_live_session_when_keys_wrong_then_no_bars_and_failed(spy, tmp_path, monkeypatch):
+    from bifrost.data.read import read_bars
+    from bifrost.strategy.session import MarketDataFake
+    monkeypatch.setenv("ALPACA_API_KEY", "wrong")
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "s")
+    live = connect(f"duckdb:///{tmp_path}/live.duckdb")
+    _setup(live)
+    fake = MarketDataFake(read_bars(spy, ["SPY"], "1min", "2013-10-07 13:30", "2013-10-07 14:00"), key="k", secret="s")
+    url = fake.start()
+    try:
+        with pytest.raises(StrategyError, match="no bars"):
+            trade_session(live, "acct", DAYS[1], strategy="mr", symbols=["SPY"], costs=EXACT, mode="live",
+                          stream_url=url, idle=2.0, progress=False)
+    finally:
+        fake.stop()
+    assert fake.sent == 0 and live.scalar("SELECT status FROM trading_sessions") == "failed"
