@@ -163,3 +163,14 @@ def test_chunks_threads_and_the_per_strategy_path_change_nothing(spy, two, monke
         single = run_vectorized(Momentum(**c), two, costs=COSTS)
         np.testing.assert_array_equal(sweep.equity[k], single.equity.to_numpy())
         assert sweep.table.trades[k] == len(single.trades)
+
+
+def test_the_table_is_the_combinations_with_their_results(spy):
+    combos = [{"fast": 5, "slow": 30}, {"fast": 10}, {"slow": 90, "fast": 20}]  # a default left out; keys reordered
+    sweep = run_sweep(SmaCross, spy, combos)
+    expected = pd.DataFrame(combos).assign(final_equity=sweep.equity[:, -1],
+                                           total_return=sweep.equity[:, -1] / 100_000.0 - 1,
+                                           sharpe=[sharpe(e) for e in sweep.equity], trades=sweep.table.trades)
+    pd.testing.assert_frame_equal(sweep.table, expected)
+    assert sweep.table.slow.isna().tolist() == [False, True, False]
+    assert sweep.equity[1].tolist() == run_vectorized(SmaCross(fast=10), spy).equity.tolist()

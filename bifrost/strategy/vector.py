@@ -451,9 +451,9 @@ def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], ca
                costs.per_share, costs.minimum, costs.slippage_bps, periods_per_year, equity[start:stop],
                trades[start:stop], sharpe[start:stop])
         start = stop
-    table = pd.DataFrame(combos)
-    table["final_equity"] = equity[:, -1]
-    table["total_return"] = equity[:, -1] / cash - 1
-    table["sharpe"] = sharpe
-    table["trades"] = trades
+    keys = combos[0].keys()
+    params = ({k: [c[k] for c in combos] for k in keys} if all(c.keys() == keys for c in combos)
+              else dict(pd.DataFrame(combos).items()))  # a parameter some combinations leave out: NaN there
+    table = pd.DataFrame(params | {"final_equity": equity[:, -1], "total_return": equity[:, -1] / cash - 1,
+                                   "sharpe": sharpe, "trades": trades})
     return SweepResult(strategy_cls.__name__, table, equity)
