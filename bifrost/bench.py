@@ -30,7 +30,7 @@ from .store import PostgresStore, connect
 # %% auto #0
 __all__ = ['RATIO_MEANINGS', 'BENCHES', 'DAILY_FILES', 'INTRADAY_FILE', 'QUICK_DAILY', 'QUICK_INTRADAY_ROWS', 'DEFAULT_PG_URL',
            'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env', 'bench_ingest',
-           'bench_backtest', 'bench_analytics', 'bench_ledger', 'bench_risk', 'bench_execution']
+           'bench_backtest', 'bench_analytics', 'bench_ledger', 'bench_risk', 'bench_execution', 'bench_signals']
 
 # %% ../nbs/12_bench.ipynb #f7cc002b
 RATIO_MEANINGS: dict[str, str] = {}  # ratio name -> what over what, and the aim; filled by `@benchmark`
@@ -513,3 +513,32 @@ def bench_execution(quick: bool = False, repeat: int = 1, pg_url: str | None = N
                        f"by the paper broker; {int(figures['orders_shared'])} with a connection per operation")
     env["method"] = "per-order perf_counter_ns; the ledger and the broker are checked to agree exactly at the end"
     return BenchResult("execution", {k: round(v, 3) for k, v in figures.items()}, ratios, env)
+
+# %% ../nbs/12_bench.ipynb #5f1c64e7
+@benchmark("signals", ratios={
+    "features_vs_aim": "1 s aim / seconds for features of 30 symbols × 20 years (>= 1 meets the aim)",
+    "features_speedup_vs_pandas": "pandas groupby/rolling reference s / Bifrost s, same features, checked equal",
+    "book_msgs_vs_aim": "book messages/s / 1,000,000 aim (>= 1 meets the aim)",
+    "book_speedup_vs_python": "pure-Python rebuild s / Bifrost numba replay s, same book states (aim >= 50)",
+})
+def bench_signals(quick: bool = False, repeat: int = 3) -> BenchResult:
+    "Feature pipeline, order-book replay and news ingestion, each against a reference in the same run."
+    from bifrost.signals.book import book_benchmark
+    from bifrost.signals.features import features_benchmark
+    from bifrost.signals.news_bench import news_benchmark
+    feat, book = features_benchmark(quick=quick), book_benchmark(quick=quick)
+    news = news_benchmark(quick=quick, repeat=repeat)
+    if not (feat["same_missing"] and feat["max_rel_diff"] < 1e-9 and book["agree"]):
+        raise BifrostError("signals benchmark: Bifrost and its reference disagree; the timings would mean nothing")
+    figures = {"features_s": feat["seconds"], "features_reference_s": feat["reference_seconds"],
+               "feature_values": float(feat["values"]), "book_messages": float(book["messages"]),
+               "book_msgs_per_s": book["replay_msgs_per_s"], "book_reference_msgs_per_s": book["reference_msgs_per_s"],
+               **{f"news_{k}": float(v) for k, v in news["figures"].items()}}
+    ratios = {"features_vs_aim": round(1.0 / feat["seconds"], 2), "features_speedup_vs_pandas": round(feat["speedup"], 2),
+              "book_msgs_vs_aim": round(book["replay_msgs_per_s"] / 1e6, 2), "book_speedup_vs_python": round(book["speedup"], 1)}
+    env = bench_env()
+    env["workload"] = (f"features: {feat['symbols']} symbols × {feat['bars']} daily bars bootstrapped from the sample, "
+                       f"{feat['features']} features; book: ES MBO 2023-12-25 ({book['messages']:,} messages); "
+                       f"news: {news['workload']}")
+    env["method"] = f"features and book: after a warm-up; news: {news['method']}"
+    return BenchResult("signals", {k: round(v, 6) for k, v in figures.items()}, ratios, env)
