@@ -3,6 +3,7 @@ import datetime as dt
 import json
 from decimal import Decimal
 
+import pandas as pd
 import pytest
 
 from bifrost.audit import AuditTrail
@@ -13,7 +14,7 @@ from bifrost.execution.paper import PaperBroker
 from bifrost.risk.limits import Limits, save_limits
 from bifrost.store import connect
 from bifrost.strategy.api import Costs, MeanReversion, StrategyError
-from bifrost.strategy.session import parity_report, trade_session
+from bifrost.strategy.session import compare_trades, parity_report, trade_session
 from bifrost.strategy.versions import live_readiness, promote, promotions, register
 
 EXACT = Costs(per_share=0.01, minimum=1.0)
@@ -137,7 +138,7 @@ def test_session_when_any_backend_then_parity_and_promotion_read_it(store):
     "DuckDB and PostgreSQL: session rows, fills as exact text, parity rows and the promotion gate."
     feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY" and f.spec.bar_size == "1min")
     ingest(store, SampleSource(feeds), progress=False)
-    v, clock = _setup(store)
+    v, _ = _setup(store)
     s = trade_session(store, "acct", DAYS[1], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
     assert s.status == "done" and s.fills > 5
     assert parity_report(store, "acct", DAYS[1]).empty
@@ -193,3 +194,17 @@ def test_live_session_when_keys_wrong_then_no_bars_and_failed(spy, tmp_path, mon
     finally:
         fake.stop()
     assert fake.sent == 0 and live.scalar("SELECT status FROM trading_sessions") == "failed"
+
+
+def test_compare_trades_when_size_timing_extra_then_each_effect_at_the_close():
+    ts = pd.to_datetime(["2024-01-02 15:00", "2024-01-02 15:01", "2024-01-02 15:02"], utc=True)
+    frame = lambda rows: pd.DataFrame(rows, columns=["ts", "symbol", "shares", "price", "commission"])
+    traded = frame([(ts[0], "SPY", 100, Decimal("10.00"), Decimal("1.00")),   # 10 shares more than the backtest
+                    (ts[2], "SPY", -50, Decimal("10.50"), Decimal("1.00")),   # the backtest sold these a bar earlier
+                    (ts[1], "QQQ", 10, Decimal("20.00"), Decimal("1.00"))])   # the backtest never bought QQQ
+    backtest = frame([(ts[0], "SPY", 90, 10.0, 1.0), (ts[1], "SPY", -50, 10.4, 1.0)])
+    r = compare_trades(traded, backtest, {"SPY": Decimal("11.00"), "QQQ": Decimal("19.00")}).set_index("kind")
+    assert sorted(r.index) == ["extra", "size", "timing"]
+    assert Decimal(r.loc["size", "pnl_effect"]) == 10 * (Decimal("11.00") - Decimal("10.0"))
+    assert Decimal(r.loc["timing", "pnl_effect"]) == -50 * (Decimal("11") - Decimal("10.50")) + 50 * (Decimal("11") - Decimal("10.4"))
+    assert Decimal(r.loc["extra", "pnl_effect"]) == 10 * (Decimal("19") - Decimal("20")) - 1
