@@ -88,3 +88,11 @@ def test_run_bench_when_name_unknown_then_error_lists_known_names():
     for name in BENCHES:
         assert name in str(err.value)
     assert "ingest" in str(err.value)
+
+
+def test_signals_when_quick_then_every_side_agrees_and_ratios_are_explained():
+    result = run_bench("signals", quick=True, repeat=1)
+    assert set(result.ratios) == {"features_vs_aim", "features_speedup_vs_pandas", "book_msgs_vs_aim",
+                                  "book_speedup_vs_python"}
+    assert all(v > 0 for v in result.ratios.values()) and result.figures["book_messages"] == 68_792
+    assert all(name in result.table() for name in result.ratios)
