@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import sample_panel
 
-from bifrost.strategy.api import FIELDS, Costs, Momentum, Panel, SmaCross, _rolling_mean, _rolling_means
 from bifrost.strategy import vector
+from bifrost.strategy.api import FIELDS, Costs, Momentum, Panel, SmaCross, _rolling_mean, _rolling_means
 from bifrost.strategy.research import sharpe
 from bifrost.strategy.vector import (
     _numpy_sum,
@@ -79,7 +79,7 @@ def test_targets_batch_is_each_strategys_targets(spy, two):
 
 def test_numpy_sum_is_numpys_sum():
     rng = np.random.default_rng(1)
-    for m in [*range(0, 300), 1000, 2516, 8191, 8192, 8193, 20_000, 100_001]:
+    for m in [*range(300), 1000, 2516, 8191, 8192, 8193, 20_000, 100_001]:
         x = rng.normal(0, 1e-2, m)
         assert _numpy_sum(x) == x.sum()
         assert _numpy_sum(x) == np.stack([x, x]).sum(axis=1)[0]  # what run_sweep's table used to reduce

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
@@ -279,7 +280,7 @@ class SmaCross(Strategy):
         return _cross_weights(*_sma_pairs(panel, strategies))
 
     @staticmethod
-    def targets_batches(panel: Panel, strategies: list["SmaCross"], size: int) -> Iterator[np.ndarray]:
+    def targets_batches(panel: Panel, strategies: list[SmaCross], size: int) -> Iterator[np.ndarray]:
         "`targets_batch` of `size` strategies at a time (the last slice may be shorter); the averages computed once."
         means, fast, slow = _sma_pairs(panel, strategies)
         for start in range(0, len(strategies), size):
@@ -319,9 +320,7 @@ def _rolling_mean(x, n):
             mean = total / nobs
             if same >= nobs:  # a window of one repeated value is that value, with no rounding
                 mean = prev
-            elif negatives == 0 and mean < 0:
-                mean = 0.0
-            elif negatives == nobs and mean > 0:
+            elif (negatives == 0 and mean < 0) or (negatives == nobs and mean > 0):  # rounding crossed zero
                 mean = 0.0
             out[i] = mean
         else:
