@@ -27,8 +27,8 @@ __all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_a
            'data_list', 'data_show', 'data_quality', 'data_quarantine', 'portfolio_list', 'portfolio_open',
            'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'backtest', 'report', 'sweep', 'walkforward',
            'check_lookahead_cmd', 'strategy_list', 'strategy_register', 'strategy_promote', 'strategy_rollback',
-           'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'kill', 'audit_verify', 'audit_show',
-           'bench', 'DemoStep', 'demo', 'run']
+           'trade', 'parity', 'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'kill',
+           'audit_verify', 'audit_show', 'bench', 'DemoStep', 'demo', 'run']
 
 # %% ../nbs/13_cli.ipynb #712e5520
 app = typer.Typer(help="Bifrost: research-to-production trading, from the notebook.", no_args_is_help=True,
@@ -349,17 +349,49 @@ def strategy_register(strategy: str, name: Optional[str] = typer.Option(None, he
     typer.echo(f"{name or type(strat).__name__} {register(_store(), strat, LiveClock(), name, note)} {strat!r}")
 
 @strategy_app.command("promote")
-def strategy_promote(name: str, version: str, reason: str = ""):
-    "Make VERSION the one pipelines trade for NAME."
+def strategy_promote(name: str, version: str, reason: str = "",
+                     to: str = typer.Option("paper", help="paper, or live (only past the promotion gate)."),
+                     override: Optional[str] = typer.Option(None, help="Promote to live despite the gate; audited."),
+                     min_sessions: int = typer.Option(30, help="Paper sessions with parity needed for live."),
+                     tolerance: str = typer.Option("1.00", help="Largest parity P&L difference per session.")):
+    "Make VERSION the one pipelines trade for NAME (`--to live`: only after enough paper sessions with parity)."
+    from decimal import Decimal
     from bifrost.strategy.versions import promote
-    promote(_store(), name, version, LiveClock(), reason)
-    typer.echo(f"{name}: {version} promoted")
+    promote(_store(), name, version, LiveClock(), reason, to=to, min_sessions=min_sessions,
+            tolerance=Decimal(tolerance), override=override)
+    typer.echo(f"{name}: {version} promoted to {to}")
 
 @strategy_app.command("rollback")
 def strategy_rollback(name: str, reason: str = "rollback"):
     "Promote again the version promoted before the current one."
     from bifrost.strategy.versions import rollback
     typer.echo(f"{name}: rolled back to {rollback(_store(), name, LiveClock(), reason)}")
+
+# %% ../nbs/13_cli.ipynb #36e8707d
+@app.command("trade")
+def trade(account: str, session: str = typer.Option(..., help="The session date, YYYY-MM-DD."),
+          strategy: Optional[str] = typer.Option(None, help="Strategy name (needed for an account's first session)."),
+          symbols: Optional[str] = typer.Option(None, help="Comma-separated (needed for an account's first session)."),
+          version: Optional[str] = typer.Option(None, help="Default: the promoted version."),
+          mode: str = typer.Option("replay", help="replay (stored bars, paper broker) or live (streamed bars)."),
+          stream_url: Optional[str] = typer.Option(None, help="Market-data stream URL for live mode.")):
+    "Trade one session of a strategy version for an account."
+    from bifrost.strategy.session import trade_session
+    s = trade_session(_store(), account, pd.Timestamp(session).date(), strategy=strategy, version=version, mode=mode,
+                      clock=LiveClock() if mode == "live" else None,
+                      symbols=[x.strip().upper() for x in symbols.split(",")] if symbols else None,
+                      stream_url=stream_url)
+    typer.echo(f"{s.account} {s.session} [{s.mode}] version {s.version}: {s.orders} orders, {s.fills} fills, "
+               f"{s.refused} refused by the gate, P&L {s.pnl} — {s.status}")
+
+@app.command("parity")
+def parity(account: str, session: str):
+    "What the backtest of a traded session would have done differently, with the P&L effect of each difference."
+    from bifrost.strategy.session import parity_report
+    report = parity_report(_store(), account, pd.Timestamp(session).date())
+    typer.echo("parity: the session traded exactly as its backtest" if report.empty else f"{len(report)} difference(s):")
+    if not report.empty:
+        _print(report)
 
 # %% ../nbs/13_cli.ipynb #19239c6b
 @app.command("orders")
