@@ -21,14 +21,15 @@ from .data.sources import FeedSpec, FileSource, SampleSource
 from .store import Store, connect
 
 # %% auto #0
-__all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_app', 'check_app', 'strategy_app', 'risk_app',
-           'audit_app', 'compliance_app', 'DEMO_BOOK', 'DEMO_STEPS', 'main', 'config_show', 'db_migrate', 'db_status',
-           'ingest_sample', 'ingest_file', 'ingest_yfinance', 'ingest_alpaca', 'store_summary', 'quarantine_summary',
-           'data_list', 'data_show', 'data_quality', 'data_quarantine', 'portfolio_list', 'portfolio_open',
-           'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'backtest', 'report', 'sweep', 'walkforward',
-           'check_lookahead_cmd', 'strategy_list', 'strategy_register', 'strategy_promote', 'strategy_rollback',
-           'trade', 'parity', 'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'kill',
-           'audit_verify', 'audit_show', 'bench', 'DemoStep', 'demo', 'run']
+__all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_app', 'check_app', 'strategy_app', 'runs_app',
+           'risk_app', 'audit_app', 'compliance_app', 'DEMO_BOOK', 'DEMO_STEPS', 'main', 'config_show', 'db_migrate',
+           'db_status', 'ingest_sample', 'ingest_file', 'ingest_yfinance', 'ingest_alpaca', 'store_summary',
+           'quarantine_summary', 'data_list', 'data_show', 'data_quality', 'data_quarantine', 'portfolio_list',
+           'portfolio_open', 'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'backtest', 'report', 'sweep',
+           'walkforward', 'check_lookahead_cmd', 'strategy_list', 'strategy_register', 'strategy_promote',
+           'strategy_rollback', 'run_cmd', 'runs_list', 'runs_show', 'runs_unlock', 'schedule', 'metrics', 'trade',
+           'parity', 'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'kill', 'audit_verify',
+           'audit_show', 'bench', 'DemoStep', 'demo', 'run']
 
 # %% ../nbs/13_cli.ipynb #712e5520
 app = typer.Typer(help="Bifrost: research-to-production trading, from the notebook.", no_args_is_help=True,
@@ -366,6 +367,65 @@ def strategy_rollback(name: str, reason: str = "rollback"):
     "Promote again the version promoted before the current one."
     from bifrost.strategy.versions import rollback
     typer.echo(f"{name}: rolled back to {rollback(_store(), name, LiveClock(), reason)}")
+
+# %% ../nbs/13_cli.ipynb #ee1f495d
+runs_app = typer.Typer(help="The run registry.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+@app.command("run")
+def run_cmd(pipeline: str, param: list[str] = typer.Option([], "-p", "--param", help="key=value (repeatable).")):
+    "Execute a pipeline notebook under Papermill, recorded in the run registry."
+    from bifrost.pipelines.runs import parse_params, run_pipeline
+    rec = run_pipeline(pipeline, parse_params(param), store=_store(), clock=LiveClock())
+    typer.echo(f"{rec.run_id} {rec.pipeline}: {rec.status} in {rec.duration or 0:.1f}s -> {rec.output_path}")
+    if rec.status != "succeeded":
+        typer.echo(f"error: {rec.error}", err=True)
+        raise typer.Exit(1)
+
+@runs_app.command("list")
+def runs_list(pipeline: Optional[str] = None, status: Optional[str] = None, limit: int = 50):
+    "The latest runs, newest first."
+    from bifrost.pipelines.runs import list_runs
+    _print(list_runs(_store(read_only=True), pipeline, status, limit))
+
+@runs_app.command("show")
+def runs_show(run_id: str):
+    "One run (a unique prefix of its id is enough)."
+    from dataclasses import asdict
+    from bifrost.pipelines.runs import show_run
+    for k, v in asdict(show_run(_store(read_only=True), run_id)).items():
+        typer.echo(f"{k:14} {v}")
+
+@runs_app.command("unlock")
+def runs_unlock(name: str, reason: str = typer.Option("broken by hand", help="Recorded on the failed run.")):
+    "Free a run lock (e.g. `trade:ACCOUNT`) whose holder's host is gone; its run is marked failed."
+    from bifrost.pipelines.runs import break_lock
+    held = break_lock(_store(), name, LiveClock().now(), reason)
+    typer.echo(f"lock {name}: " + (f"freed (held by run {held})" if held else "was not held"))
+
+@app.command("schedule")
+def schedule(crontab: bool = typer.Option(False, help="Print crontab lines instead of running."),
+             start: Optional[str] = typer.Option(None, "--from", help="Crontab lines from this date (default today)."),
+             end: Optional[str] = typer.Option(None, "--to", help="... to this date (default: 90 days on)."),
+             metrics_port: Optional[int] = typer.Option(None, help="Also serve Prometheus metrics on this port.")):
+    "Run the pipeline schedules on the exchange calendar until interrupted (or print them for cron)."
+    from bifrost.pipelines.schedule import crontab_lines, load_schedules, run_scheduler
+    if crontab:
+        first = pd.Timestamp(start).date() if start else LiveClock().now().date()
+        last = pd.Timestamp(end).date() if end else first + pd.Timedelta(days=90)
+        typer.echo("\n".join(crontab_lines(load_schedules(), first, last)))
+        return
+    run_scheduler(_store(), LiveClock(), metrics_port=metrics_port)
+
+@app.command("metrics")
+def metrics(port: int = 9464, address: str = typer.Option("127.0.0.1", help="0.0.0.0 to let a remote Prometheus scrape.")):
+    "Serve run counts, durations, failures, orders, fills, rejections and breaches for Prometheus, until interrupted."
+    import time as _time
+    from bifrost.pipelines.metrics import serve_metrics
+    serve_metrics(port, addr=address)
+    typer.echo(f"serving http://{address}:{port}/metrics (Ctrl-C to stop)")
+    while True:
+        _time.sleep(3600)
 
 # %% ../nbs/13_cli.ipynb #36e8707d
 @app.command("trade")

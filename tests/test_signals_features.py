@@ -6,8 +6,15 @@ import pandas as pd
 import pytest
 
 from bifrost.core import SimulatedClock
-from bifrost.signals.features import (FeatureSet, bootstrap_panel, cached_features, compute_features, load_features,
-                                      reference_features, store_features)
+from bifrost.signals.features import (
+    FeatureSet,
+    bootstrap_panel,
+    cached_features,
+    compute_features,
+    load_features,
+    reference_features,
+    store_features,
+)
 from bifrost.store import connect
 from bifrost.strategy.api import FIELDS, Panel
 

@@ -9,12 +9,27 @@ import pytest
 from bifrost.core import SimulatedClock
 from bifrost.data.ingest import ingest
 from bifrost.data.sources import SAMPLE, SampleSource
-from bifrost.signals.features import FeatureSet, compute_features
-from bifrost.signals.ml import (MLSignal, SignalError, backtest_predictions, evaluate, forward_returns, load_model,
-                                make_dataset, make_model, model_promotions, overlapping_labels, promote_challenger,
-                                purged_kfold, signal_metrics, train_model, walk_forward_splits)
+from bifrost.signals.features import FeatureSet
+from bifrost.signals.ml import (
+    MLSignal,
+    SignalError,
+    backtest_predictions,
+    evaluate,
+    forward_returns,
+    load_model,
+    make_dataset,
+    make_model,
+    model_promotions,
+    overlapping_labels,
+    promote_challenger,
+    promoted_signal,
+    purged_kfold,
+    signal_metrics,
+    train_model,
+    walk_forward_splits,
+)
 from bifrost.store import connect
-from bifrost.strategy.api import Costs, FIELDS, Panel
+from bifrost.strategy.api import Costs, Panel
 from bifrost.strategy.backtrader import parity, run_backtrader
 from bifrost.strategy.paper import run_paper
 from bifrost.strategy.vector import grid, run_sweep, run_vectorized
@@ -127,7 +142,7 @@ def test_run_is_tracked(registry):
 
 
 def test_promotion_is_recorded_like_a_strategy_version(store_url, registry):
-    uri, ds, model, _ = registry
+    uri, ds, _, _ = registry
     store = connect(store_url)
     assert promote_challenger(store, "m", CLOCK, reason="first", uri=uri) == 1
     assert load_model("m", "champion", uri=uri).version == 1
@@ -137,6 +152,7 @@ def test_promotion_is_recorded_like_a_strategy_version(store_url, registry):
     assert load_model("m", "champion", uri=uri).version == second.version
     history = model_promotions(store, "m")
     assert history.model_version.tolist() == [1, second.version] and history.reason.tolist() == ["first", "ridge is steadier"]
+    assert promoted_signal(store, "m", uri=uri, top=2).model.version == second.version
     versions = list_versions(store, "MLSignal:m")
     assert len(versions) == 2 and versions.promoted.sum() == 1
     # put the registry back as the other tests expect it
@@ -170,15 +186,11 @@ def test_mlsignal_targets_are_point_in_time(registry, trading):
         assert signal.targets(trading.upto(n)).equals(full.iloc[:n])
 
 
-def test_mlsignal_in_a_sweep_and_errors(registry, trading):
+def test_mlsignal_in_a_sweep_and_errors(registry, trading, monkeypatch):
     uri = registry[0]
     bound = MLSignal.bind("m", "challenger")
-    import os
-    os.environ["BIFROST_MLFLOW_URI"] = uri  # what a sweep's bare constructor reads
-    try:
-        sweep = run_sweep(bound, trading, grid(bound, top=[1, 2], every=[5, 10]), costs=EXACT)
-    finally:
-        del os.environ["BIFROST_MLFLOW_URI"]
+    monkeypatch.setenv("BIFROST_MLFLOW_URI", uri)  # what a sweep's bare constructor reads
+    sweep = run_sweep(bound, trading, grid(bound, top=[1, 2], every=[5, 10]), costs=EXACT)
     assert len(sweep.table) == 4
     one = sweep.table[(sweep.table.top == 2) & (sweep.table.every == 5)].iloc[0]
     vec = run_vectorized(MLSignal(model="m", alias="challenger", uri=uri, top=2, every=5), trading, costs=EXACT)
