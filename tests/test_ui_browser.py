@@ -37,7 +37,7 @@ def missing_chromium() -> str | None:
         return None
     if os.geteuid() == 0 and shutil.which("apt-get"):
         r = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-                           capture_output=True, text=True, timeout=900)
+                           capture_output=True, text=True, timeout=900, check=False)
         if CHROMIUM.exists():
             return None
         why = f"apt-get install failed: {r.stderr.strip()[-300:]}"
@@ -137,7 +137,7 @@ def trading(tmp_path):
     url, account = f"duckdb:///{tmp_path}/live.duckdb", "desk"
     sample_account(connect(url), account, resting_orders=0)
     stop, port = tmp_path / "stop", free_port()
-    logs = {k: open(tmp_path / f"{k}.log", "w+") for k in ("writer", "server")}  # files: a full pipe would block
+    logs = {k: open(tmp_path / f"{k}.log", "w+") for k in ("writer", "server")}  # noqa: SIM115 -- closed below; files: a full pipe would block
     writer = subprocess.Popen([sys.executable, "-c", WRITER, url, account, str(stop)], stdout=subprocess.PIPE,
                               stderr=logs["writer"], text=True)
     server = subprocess.Popen([sys.executable, "-c", SERVER, url, account, str(port)], stdout=logs["server"],
@@ -165,7 +165,7 @@ def figure(page, name: str) -> str:
 
 
 def test_cockpit_while_a_trade_run_writes(browser, trading, artifacts):
-    url, account, address, writer = trading
+    url, account, address, _writer = trading
     reader = connect(url, read_only=True)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -233,7 +233,7 @@ VOILA_CDN = "https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@"
 def voila(tmp_path):
     "dashboards/research.ipynb served by Voila on the loopback address."
     port = free_port()
-    log = open(tmp_path / "voila.log", "w+")
+    log = open(tmp_path / "voila.log", "w+")  # noqa: SIM115 -- closed in the finally below
     nb = Path(__file__).parents[1] / "dashboards" / "research.ipynb"
     proc = subprocess.Popen([sys.executable, "-m", "voila", str(nb), f"--port={port}", "--Voila.ip=127.0.0.1",
                              "--no-browser", *VOILA_ARGS],

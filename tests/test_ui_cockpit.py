@@ -6,25 +6,30 @@ from __future__ import annotations
 import getpass
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import pandas as pd
 import pytest
 from execution_helpers import T0, make_oms, seed
 
 from bifrost.audit import AuditTrail
-from bifrost.core import Order
+from bifrost.core import Order, SimulatedClock
 from bifrost.core import OrderStatus as S
-from bifrost.core import SimulatedClock
 from bifrost.execution.oms import kill_switch
 from bifrost.execution.orders import OrderJournal
 from bifrost.execution.paper import PaperBroker
 from bifrost.portfolio.ledger import Portfolio
 from bifrost.store import connect
-from bifrost.ui.cockpit import (Cockpit, CockpitError, figures_html, is_loopback, sample_account, serve_cockpit,
-                                snapshot, take_kill_switch)
+from bifrost.ui.cockpit import (
+    Cockpit,
+    CockpitError,
+    figures_html,
+    is_loopback,
+    sample_account,
+    serve_cockpit,
+    snapshot,
+    take_kill_switch,
+)
 
 
 @pytest.fixture
