@@ -292,6 +292,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'bifrost.cli.check_lookahead_cmd': ('cli.html#check_lookahead_cmd', 'bifrost/cli.py'),
                              'bifrost.cli.compliance_rules': ('cli.html#compliance_rules', 'bifrost/cli.py'),
                              'bifrost.cli.config_show': ('cli.html#config_show', 'bifrost/cli.py'),
+                             'bifrost.cli.dashboard': ('cli.html#dashboard', 'bifrost/cli.py'),
                              'bifrost.cli.data_list': ('cli.html#data_list', 'bifrost/cli.py'),
                              'bifrost.cli.data_quality': ('cli.html#data_quality', 'bifrost/cli.py'),
                              'bifrost.cli.data_quarantine': ('cli.html#data_quarantine', 'bifrost/cli.py'),

@@ -27,9 +27,9 @@ __all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_a
            'quarantine_summary', 'data_list', 'data_show', 'data_quality', 'data_quarantine', 'portfolio_list',
            'portfolio_open', 'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'backtest', 'report', 'sweep',
            'walkforward', 'check_lookahead_cmd', 'strategy_list', 'strategy_register', 'strategy_promote',
-           'strategy_rollback', 'run_cmd', 'runs_list', 'runs_show', 'runs_unlock', 'schedule', 'metrics', 'trade',
-           'parity', 'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'kill', 'audit_verify',
-           'audit_show', 'bench', 'DemoStep', 'demo', 'run']
+           'strategy_rollback', 'dashboard', 'run_cmd', 'runs_list', 'runs_show', 'runs_unlock', 'schedule', 'metrics',
+           'trade', 'parity', 'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'kill',
+           'audit_verify', 'audit_show', 'bench', 'DemoStep', 'demo', 'run']
 
 # %% ../nbs/13_cli.ipynb #712e5520
 app = typer.Typer(help="Bifrost: research-to-production trading, from the notebook.", no_args_is_help=True,
@@ -367,6 +367,20 @@ def strategy_rollback(name: str, reason: str = "rollback"):
     "Promote again the version promoted before the current one."
     from bifrost.strategy.versions import rollback
     typer.echo(f"{name}: rolled back to {rollback(_store(), name, LiveClock(), reason)}")
+
+# %% ../nbs/13_cli.ipynb #9cd6f155
+@app.command("dashboard")
+def dashboard(account: str = typer.Option(..., help="The account to watch."), port: int = 5006,
+              address: str = typer.Option("127.0.0.1", help="Anything but loopback needs --basic-auth."),
+              basic_auth: Optional[str] = typer.Option(None, help="A password, or a file of user:password lines."),
+              refresh_ms: int = typer.Option(5000, help="How often the page re-reads the store."),
+              live: bool = typer.Option(False, help="Figures as of now (default: the account's last activity day)."),
+              show: bool = typer.Option(False, help="Open a browser.")):
+    "Serve the trader cockpit for an account until interrupted."
+    from bifrost.ui.cockpit import serve_cockpit
+    typer.echo(f"cockpit for {account}: http://{address}:{port}/cockpit (Ctrl-C to stop)")
+    serve_cockpit(_settings().store_url, account, port=port, address=address, basic_auth=basic_auth, show=show,
+                  refresh_ms=refresh_ms, clock=LiveClock() if live else None)
 
 # %% ../nbs/13_cli.ipynb #ee1f495d
 runs_app = typer.Typer(help="The run registry.", no_args_is_help=True)
