@@ -22,14 +22,14 @@ from .store import Store, connect
 
 # %% auto #0
 __all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_app', 'check_app', 'strategy_app', 'runs_app',
-           'risk_app', 'audit_app', 'compliance_app', 'DEMO_BOOK', 'DEMO_STEPS', 'main', 'config_show', 'db_migrate',
-           'db_status', 'ingest_sample', 'ingest_file', 'ingest_yfinance', 'ingest_alpaca', 'store_summary',
-           'quarantine_summary', 'data_list', 'data_show', 'data_quality', 'data_quarantine', 'portfolio_list',
-           'portfolio_open', 'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'backtest', 'report', 'sweep',
-           'walkforward', 'check_lookahead_cmd', 'strategy_list', 'strategy_register', 'strategy_promote',
-           'strategy_rollback', 'dashboard', 'run_cmd', 'runs_list', 'runs_show', 'runs_unlock', 'schedule', 'metrics',
-           'trade', 'parity', 'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'kill',
-           'audit_verify', 'audit_show', 'bench', 'DemoStep', 'demo', 'run']
+           'risk_app', 'audit_app', 'compliance_app', 'DEMO_BOOK', 'DEMO_ACCOUNT', 'DEMO_SESSIONS', 'DEMO_STEPS',
+           'main', 'config_show', 'db_migrate', 'db_status', 'ingest_sample', 'ingest_file', 'ingest_yfinance',
+           'ingest_alpaca', 'store_summary', 'quarantine_summary', 'data_list', 'data_show', 'data_quality',
+           'data_quarantine', 'portfolio_list', 'portfolio_open', 'portfolio_show', 'portfolio_pnl',
+           'portfolio_reconcile', 'backtest', 'report', 'sweep', 'walkforward', 'check_lookahead_cmd', 'strategy_list',
+           'strategy_register', 'strategy_promote', 'strategy_rollback', 'dashboard', 'run_cmd', 'runs_list',
+           'runs_show', 'runs_unlock', 'schedule', 'metrics', 'trade', 'parity', 'orders', 'fills', 'risk_limits',
+           'risk_alerts', 'compliance_rules', 'kill', 'audit_verify', 'audit_show', 'bench', 'DemoStep', 'demo', 'run']
 
 # %% ../nbs/13_cli.ipynb #712e5520
 app = typer.Typer(help="Bifrost: research-to-production trading, from the notebook.", no_args_is_help=True,
@@ -715,6 +715,56 @@ def _demo_vwap(store: Store) -> None:
     typer.echo(f"ledger holds {held} SPY, the broker {broker.positions().get('SPY', Decimal(0))}; child orders "
                f"{status['orders']}, open {status['open']}, unknown {status['unknown']}")
 
+def _demo_research(store: Store) -> None:
+    from bifrost.strategy.api import Costs, Panel, SmaCross
+    from bifrost.strategy.research import ray_sweep, walk_forward
+    panel = Panel.from_store(store, ["SPY"], start="2011-01-01", end="2020-12-31")
+    costs, space = Costs(per_share=0.005, minimum=1.0), {"fast": [5, 10, 20, 40], "slow": [50, 100, 150, 200]}
+    swept = ray_sweep(SmaCross, panel, space, costs=costs, progress=True)
+    typer.echo(f"Ray sweep: {len(swept.table)} combinations; best {swept.best()[['fast', 'slow', 'sharpe']].to_dict()}")
+    wf = walk_forward(SmaCross, panel, 504, 252, space, costs=costs, ray=True, progress=True)
+    typer.echo(f"walk-forward: {len(wf.windows)} windows, in-sample Sharpe {wf.is_sharpe:.2f}, "
+               f"out-of-sample {wf.oos_sharpe:.2f} (what an optimised backtest overstates)")
+
+DEMO_ACCOUNT = "demo-paper"
+DEMO_SESSIONS = ("2013-10-04", "2013-10-07", "2013-10-08", "2013-10-09", "2013-10-10")  # shipped SPY minute bars
+
+def _demo_session(store: Store) -> None:
+    from datetime import datetime, timezone
+    from decimal import Decimal
+    from bifrost.pipelines.runs import run_pipeline
+    from bifrost.risk.limits import LimitError, Limits, load_limits, save_limits
+    from bifrost.strategy.api import MeanReversion
+    from bifrost.strategy.session import parity_report, trade_session
+    from bifrost.strategy.versions import promote, register
+    clock = LiveClock()
+    version = register(store, MeanReversion(window=20, entry=1.5), clock, name="spy_mr")
+    promote(store, "spy_mr", version, clock, "demo: paper trial of the intraday mean reversion")
+    try:
+        load_limits(store, DEMO_ACCOUNT)
+    except LimitError:  # the account's stop-loss, which a promotion to live will ask for
+        t0 = datetime(2013, 1, 1, tzinfo=timezone.utc)
+        save_limits(store, DEMO_ACCOUNT, Limits(max_daily_loss=Decimal("0.05"), max_order_notional=Decimal(500_000)),
+                    t0, clock.now(), "demo paper account")
+    traded = set(store.query("SELECT session FROM trading_sessions WHERE account = ?", [DEMO_ACCOUNT]).session.astype(str))
+    todo = [d for d in DEMO_SESSIONS if d not in traded][:3]  # three sessions: enough history for a tear sheet
+    if not todo:
+        typer.echo(f"{DEMO_ACCOUNT} has traded every demo session already; reporting on the last")
+    for d in todo:
+        s = trade_session(store, DEMO_ACCOUNT, pd.Timestamp(d).date(), strategy="spy_mr", symbols=["SPY"],
+                          progress=False)
+        typer.echo(f"{s.account} {s.session}: version {s.version}, {s.orders} orders, {s.fills} fills, "
+                   f"{s.refused} refused, P&L {s.pnl} — {s.status}")
+    day = pd.Timestamp(todo[-1] if todo else DEMO_SESSIONS[-1]).date()
+    report = parity_report(store, DEMO_ACCOUNT, day)
+    typer.echo("parity: traded exactly as its backtest" if report.empty else f"parity: {len(report)} difference(s)")
+    run = run_pipeline("eod_report", {"store": "settings", "account": DEMO_ACCOUNT, "session": str(day)},
+                       store=store, clock=clock)
+    typer.echo(f"end-of-day report ({run.status}): {run.output_path}")
+    for html in sorted(Path(run.output_path).parent.glob("*.html")):
+        typer.echo(f"tear sheet: {html}")
+    typer.echo(f"watch the account: bifrost dashboard --account {DEMO_ACCOUNT}")
+
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("Ingest the shipped sample (real bars; only what is missing)", _demo_ingest),
     DemoStep("What the store holds", _demo_summary),
@@ -725,6 +775,8 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("Risk of a $1m book: VaR and CVaR five ways, stress scenarios", _demo_risk),
     DemoStep("The pre-trade gate on a desk account: limits, rules, every decision audited", _demo_gate),
     DemoStep("Paper-trade a VWAP order on a real day: gate, OMS, paper broker, ledger", _demo_vwap),
+    DemoStep("Research at scale: a Ray sweep and a walk-forward of the SMA windows", _demo_research),
+    DemoStep("Promote a version, trade a replayed session, check parity, run the end-of-day report", _demo_session),
 ]
 
 @app.command("demo")
@@ -736,7 +788,8 @@ def demo():
     for i, step in enumerate(DEMO_STEPS, 1):
         typer.echo(f"\n== {i}/{len(DEMO_STEPS)} {step.title}")
         step.run(store)
-    typer.echo("\nDone. Next: `bifrost data show SPY`, `bifrost data quality`, or open nbs/ in JupyterLab.")
+    typer.echo(f"\nDone. Next: `bifrost dashboard --account {DEMO_ACCOUNT}` (the trader cockpit), `bifrost runs list`, "
+               "`bifrost audit verify`, or open nbs/ in JupyterLab.")
 
 # %% ../nbs/13_cli.ipynb #9b57943f
 def run() -> None:

@@ -19,9 +19,13 @@ def test_demo_runs_end_to_end_and_reruns(tmp_path):
     assert "buy 300 QQQ: APPROVED" in out and "block: compliance/restricted_list v1: BAC" in out
     assert "audit trail intact: 6 records" in out  # limits, two rules, three decisions
     assert "ledger holds 10000 SPY, the broker 10000; child orders {'filled': 26}, open 0, unknown 0" in out
+    assert re.search(r"walk-forward: \d+ windows, in-sample Sharpe", out)
+    assert out.count("— done") == 3 and "parity: traded exactly as its backtest" in out
+    assert "end-of-day report (succeeded)" in out and re.search(r"tear sheet: .*eod_demo-paper_2013-10-08\.html", out)
     second = CliRunner().invoke(app, ["demo"], env=env)
     assert second.exit_code == 0, second.output
     records = lambda text: int(re.search(r"audit trail intact: (\d+) records", text).group(1))
     # the second run records limits and rules no more, only its three decisions, after the first run's paper day
     assert records(second.output) > records(out) + 3
     assert "ledger holds 10000 SPY, the broker 10000" in second.output
+    assert second.output.count("— done") == 2  # the sessions not traded yet, and only those
