@@ -375,9 +375,14 @@ def dashboard(account: str = typer.Option(..., help="The account to watch."), po
               basic_auth: Optional[str] = typer.Option(None, help="A password, or a file of user:password lines."),
               refresh_ms: int = typer.Option(5000, help="How often the page re-reads the store."),
               live: bool = typer.Option(False, help="Figures as of now (default: the account's last activity day)."),
-              show: bool = typer.Option(False, help="Open a browser.")):
+              show: bool = typer.Option(False, help="Open a browser."),
+              metrics_port: Optional[int] = typer.Option(None, help="Also serve Prometheus metrics on this port.")):
     "Serve the trader cockpit for an account until interrupted."
     from bifrost.ui.cockpit import serve_cockpit
+    if metrics_port:
+        from bifrost.pipelines.metrics import serve_metrics
+        serve_metrics(metrics_port, addr=address)
+        typer.echo(f"metrics: http://{address}:{metrics_port}/metrics")
     typer.echo(f"cockpit for {account}: http://{address}:{port}/cockpit (Ctrl-C to stop)")
     serve_cockpit(_settings().store_url, account, port=port, address=address, basic_auth=basic_auth, show=show,
                   refresh_ms=refresh_ms, clock=LiveClock() if live else None)
