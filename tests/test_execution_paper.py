@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from bifrost.core import (Bar, Broker, Order, OrderRejectedError, OrderStatus, OrderType, Side, SimulatedClock,
                           TimeInForce, TradingCalendar)
 from bifrost.data.sources import SAMPLE, SampleSource
-from bifrost.execution.costs import Commission, Slippage
+from bifrost.execution.costs import CENT, Commission, ImpactSlippage, Slippage
 from bifrost.execution.paper import PaperBroker
 
 T0 = datetime(2024, 3, 4, 14, 30, tzinfo=timezone.utc)
@@ -205,3 +205,47 @@ def test_cost_models_agree_with_the_backtest_engines_costs(bps, per_share, minim
     sell = slippage.price(Side.SELL, price, low, high, tick)
     assert -1e-9 <= float(buy) - costs.buy_price(float(price), float(high)) < 0.01 + 1e-9  # rounded up to the tick
     assert -1e-9 <= costs.sell_price(float(price), float(low)) - float(sell) < 0.01 + 1e-9  # rounded down
+
+
+@settings(max_examples=300, deadline=None)
+@given(half=st.integers(0, 200), k=st.integers(0, 2_000), qty=st.integers(1, 5_000), volume=st.integers(0, 5_000),
+       open_=st.integers(9_000, 11_000), down=st.integers(0, 300), up=st.integers(0, 300),
+       side=st.sampled_from([Side.BUY, Side.SELL]))
+def test_impact_slippage_is_the_fixed_model_at_its_own_bps(half, k, qty, volume, open_, down, up, side):
+    "At any size, ImpactSlippage prices exactly as Slippage would at the bps the participation gives: same cap, same tick."
+    impact = ImpactSlippage(Decimal(half) / 10, Decimal(k) / 10)
+    o, lo, hi = Decimal(open_) / 100, Decimal(open_ - down) / 100, Decimal(open_ + up) / 100
+    q, v = Decimal(qty), Decimal(volume)
+    px = impact.price(side, o, lo, hi, CENT, q, v)
+    assert px == Slippage(impact.bps(q, v)).price(side, o, lo, hi, CENT)
+    assert lo <= px <= hi and px % CENT == 0
+    assert (px >= o) if side is Side.BUY else (px <= o)
+    bigger = impact.price(side, o, lo, hi, CENT, q + 1, v)
+    assert (bigger >= px) if side is Side.BUY else (bigger <= px), "more size never costs less"
+
+
+def test_paper_broker_charges_each_fill_its_own_participation():
+    "Two orders share a bar: each pays for its own share of the volume; the rest of a big sell is capped at the low."
+    pb = PaperBroker(SimulatedClock(T0), cash=0, slippage=ImpactSlippage(1, 100), participation="0.5", calendar=CAL)
+    pb.submit(Order("small", "XYZ", Side.BUY, Decimal(100)))
+    pb.submit(Order("big", "XYZ", Side.BUY, Decimal(1_900)))
+    fills = pb.on_bar(Bar("XYZ", T0, 50.00, 50.40, 49.90, 50.10, 4_000))
+    # 1 + 100 × 2.5% = 3.5 bp -> 50.0175 up to 50.02; the big one takes the 1,900 left of 2,000: 1 + 47.5 = 48.5 bp
+    # -> 50.2425 up to 50.25
+    assert [(f.client_order_id, f.quantity, f.price) for f in fills] == \
+        [("small", 100, Decimal("50.02")), ("big", 1_900, Decimal("50.25"))]
+    pb.submit(Order("dump", "XYZ", Side.SELL, Decimal(3_000), time_in_force=TimeInForce.IOC))
+    (f,) = pb.on_bar(Bar("XYZ", T0 + timedelta(minutes=1), 50.00, 50.10, 49.80, 49.90, 4_000))
+    assert (f.quantity, f.price) == (2_000, Decimal("49.80"))  # 101 bp below 50.00 is 49.495: capped at the low
+    assert pb.get_order("dump").status is OrderStatus.CANCELLED
+
+
+def test_impact_slippage_leaves_quotes_and_limits_alone():
+    "Quotes trade at the touch (the spread is the cost); a marketable limit never pays past its limit."
+    pb = PaperBroker(SimulatedClock(T0), cash=0, slippage=ImpactSlippage(5, 1_000), calendar=CAL)
+    pb.submit(Order("q", "XYZ", Side.BUY, Decimal(10)))
+    assert [f.price for f in pb.on_quote("XYZ", T0, Decimal("10.00"), Decimal("10.01"), ask_size=10)] == \
+        [Decimal("10.01")]
+    pb.submit(Order("l", "XYZ", Side.BUY, Decimal(500), OrderType.LIMIT, limit_price=Decimal("10.03")))
+    (f,) = pb.on_bar(Bar("XYZ", T0, 10.00, 10.20, 9.95, 10.10, 1_000))
+    assert f.price == Decimal("10.03")  # 5 + 500 bp would be 10.505; the limit binds

@@ -11,7 +11,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from ..core import Side
 
 # %% auto #0
-__all__ = ['CENT', 'Commission', 'Slippage', 'cost_models']
+__all__ = ['CENT', 'Commission', 'Slippage', 'ImpactSlippage', 'cost_models']
 
 # %% ../../nbs/06d0_execution.costs.ipynb #89115610
 def _d(x, what: str) -> Decimal:
@@ -54,17 +54,44 @@ class Slippage:
     def __post_init__(self):
         object.__setattr__(self, "bps", _d(self.bps, "bps"))
 
-    def price(self, side: Side, reference: Decimal, low: Decimal, high: Decimal, tick: Decimal) -> Decimal:
-        "The fill price of a trade at `reference` inside a bar from `low` to `high`, on the tick."
-        if side is Side.BUY:
-            p = min(reference * (1 + self.bps / 10_000), high)
-            return min(_snap(p, tick, ROUND_CEILING), max(_snap(high, tick, ROUND_FLOOR), tick))
-        p = max(reference * (1 - self.bps / 10_000), low)
-        return max(_snap(p, tick, ROUND_FLOOR), _snap(low, tick, ROUND_CEILING))
+    def price(self, side: Side, reference: Decimal, low: Decimal, high: Decimal, tick: Decimal,
+              quantity: Decimal | None = None, volume: Decimal | None = None) -> Decimal:
+        "The fill price of a trade at `reference` inside a bar from `low` to `high`, on the tick (size plays no part)."
+        return _slipped(side, reference, self.bps, low, high, tick)
 
     def costs_fields(self) -> dict[str, float]:
         "This model as keyword arguments of `bifrost.strategy.api.Costs`."
         return {"slippage_bps": float(self.bps)}
+
+@dataclass(frozen=True, slots=True)
+class ImpactSlippage:
+    "Slippage that grows with the fill's share of the bar's volume: `half_spread_bps` + `bps_per_participation` × quantity / volume."
+    half_spread_bps: Decimal = Decimal(0)
+    bps_per_participation: Decimal = Decimal(0)
+
+    def __post_init__(self):
+        for k in ("half_spread_bps", "bps_per_participation"):
+            object.__setattr__(self, k, _d(getattr(self, k), k))
+
+    def bps(self, quantity: Decimal, volume: Decimal) -> Decimal:
+        "The cost in bps of taking `quantity` from a bar that traded `volume` (from a bar with no volume, any quantity is all of it)."
+        x = Decimal(quantity) / Decimal(volume) if volume > 0 else Decimal(quantity > 0)
+        return self.half_spread_bps + self.bps_per_participation * x
+
+    def price(self, side: Side, reference: Decimal, low: Decimal, high: Decimal, tick: Decimal,
+              quantity: Decimal | None = None, volume: Decimal | None = None) -> Decimal:
+        "The fill price of `quantity` at `reference` in a bar from `low` to `high` that traded `volume`, on the tick."
+        if quantity is None or volume is None:
+            raise ValueError("impact slippage needs the fill's quantity and the bar's volume")
+        return _slipped(side, reference, self.bps(quantity, volume), low, high, tick)
+
+def _slipped(side: Side, reference: Decimal, bps: Decimal, low: Decimal, high: Decimal, tick: Decimal) -> Decimal:
+    "`reference` moved `bps` against `side`, kept inside [low, high], snapped to the tick against us."
+    if side is Side.BUY:
+        p = min(reference * (1 + bps / 10_000), high)
+        return min(_snap(p, tick, ROUND_CEILING), max(_snap(high, tick, ROUND_FLOOR), tick))
+    p = max(reference * (1 - bps / 10_000), low)
+    return max(_snap(p, tick, ROUND_FLOOR), _snap(low, tick, ROUND_CEILING))
 
 def _snap(p: Decimal, tick: Decimal, rounding: str) -> Decimal:
     return (p / tick).to_integral_value(rounding) * tick

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..core import (Bar, BrokerOrder, Clock, Fill, Instrument, Order, OrderRejectedError, OrderStatus,
                           OrderType, Side, TimeInForce, TradingCalendar)
-from .costs import Commission, Slippage
+from .costs import Commission, ImpactSlippage, Slippage
 
 # %% auto #0
 __all__ = ['PaperBroker']
@@ -56,7 +56,7 @@ class PaperBroker:
                  positions: Mapping[str, Decimal] | None = None,  # starting holdings, signed
                  instruments: Mapping[str, Instrument] | None = None,  # tick and lot size by symbol (default: cents, 1)
                  commission: Commission = Commission(),
-                 slippage: Slippage = Slippage(),
+                 slippage: Slippage | ImpactSlippage = Slippage(),  # fixed bps, or growing with the fill's share of the bar
                  participation: Decimal | int | str | None = Decimal(1),  # most of a bar's volume we take; None: no cap
                  calendar: TradingCalendar | None = None,  # sessions and closes (default: XNYS)
                  extended_hours: bool = False):  # fill in pre- and post-market bars too
@@ -139,7 +139,8 @@ class PaperBroker:
         lot = Decimal(self._instrument(bar.symbol).lot_size)
         o, h, lo, volume = _price(bar.open), _price(bar.high), _price(bar.low), _price(bar.volume)
         room = volume if self.participation is None else (volume * self.participation // lot) * lot
-        return self._match(bar.symbol, bar.ts, {Side.BUY: (o, h, lo), Side.SELL: (o, h, lo)}, [room, room], True, True)
+        return self._match(bar.symbol, bar.ts, {Side.BUY: (o, h, lo), Side.SELL: (o, h, lo)}, [room, room], True, True,
+                           volume)
 
     def on_quote(self, symbol: str, ts: datetime, bid: Decimal | float, ask: Decimal | float,
                  bid_size: Decimal | float | None = None, ask_size: Decimal | float | None = None) -> list[Fill]:
@@ -196,8 +197,9 @@ class PaperBroker:
         w.status, w.reason = status, reason
         self._open[w.order.symbol].remove(w)
 
-    def _match(self, symbol: str, ts: datetime, prices: dict, rooms: list, slip: bool, shared: bool) -> list[Fill]:
-        "Trade the working orders in `symbol` at `ts`: `prices[side]` is (open, high, low), `rooms` the buy and sell caps."
+    def _match(self, symbol: str, ts: datetime, prices: dict, rooms: list, slip: bool, shared: bool,
+               volume: Decimal | None = None) -> list[Fill]:
+        "Trade the working orders in `symbol` at `ts`: `prices[side]` is (open, high, low), `rooms` the buy and sell caps, `volume` the bar's."
         if ts.tzinfo is None:
             raise ValueError(f"a market data time must be timezone-aware, was naive {ts.isoformat()}")
         ts = ts.astimezone(timezone.utc)
@@ -214,8 +216,9 @@ class PaperBroker:
         for w in [w for w in orders if ts >= w.accepted_at]:
             side = 0 if w.order.side is Side.BUY else 1
             want, room = w.order.quantity - w.filled, rooms[side]
-            px = self._fill_price(w, *prices[w.order.side], tick, slip)
-            qty = Decimal(0) if px is None else want if room is None else min(want, room)
+            take = want if room is None else min(want, room)
+            px = self._fill_price(w, *prices[w.order.side], tick, slip, take, volume)
+            qty = Decimal(0) if px is None else take
             tif = w.order.time_in_force
             if tif is TimeInForce.FOK and qty < want:
                 qty = Decimal(0)
@@ -234,11 +237,12 @@ class PaperBroker:
         return new
 
     def _fill_price(self, w: _Working, o: Decimal, h: Decimal, lo: Decimal, tick: Decimal,
-                    slipped: bool = True) -> Decimal | None:
-        "Where `w` trades in a bar (open `o`, high `h`, low `lo`), or None if it does not."
+                    slipped: bool = True, quantity: Decimal | None = None, volume: Decimal | None = None) -> Decimal | None:
+        "Where `w` trades in a bar (open `o`, high `h`, low `lo`, `volume`) if it takes `quantity`, or None if it does not."
         order, side = w.order, w.order.side
         buy = side is Side.BUY
-        slip = (lambda ref: self.slippage.price(side, ref, lo, h, tick)) if slipped else (lambda ref: ref)
+        slip = ((lambda ref: self.slippage.price(side, ref, lo, h, tick, quantity, volume)) if slipped
+                else (lambda ref: ref))
         if order.order_type in (OrderType.STOP, OrderType.STOP_LIMIT) and not w.triggered:
             stop = order.stop_price
             if (h < stop) if buy else (lo > stop):
