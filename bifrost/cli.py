@@ -13,7 +13,7 @@ import pandas as pd
 import typer
 
 import bifrost
-from .core import BifrostError, LiveClock, Settings, load_settings, mask_url
+from .core import BifrostError, LiveClock, Settings, frame_text, load_settings, mask_url
 from .data.ingest import IngestReport, ingest
 from .data.quality import quality_report
 from .data.read import read_bars
@@ -27,9 +27,10 @@ __all__ = ['app', 'db_app', 'data_app', 'ingest_app', 'config_app', 'portfolio_a
            'ingest_alpaca', 'store_summary', 'quarantine_summary', 'data_list', 'data_show', 'data_quality',
            'data_quarantine', 'portfolio_list', 'portfolio_open', 'portfolio_show', 'portfolio_pnl',
            'portfolio_reconcile', 'backtest', 'report', 'sweep', 'walkforward', 'check_lookahead_cmd', 'strategy_list',
-           'strategy_register', 'strategy_promote', 'strategy_rollback', 'dashboard', 'run_cmd', 'runs_list',
-           'runs_show', 'runs_unlock', 'schedule', 'metrics', 'trade', 'parity', 'orders', 'fills', 'risk_limits',
-           'risk_alerts', 'compliance_rules', 'kill', 'audit_verify', 'audit_show', 'bench', 'DemoStep', 'demo', 'run']
+           'strategy_register', 'strategy_promote', 'strategy_rollback', 'strategy_history', 'dashboard', 'run_cmd',
+           'runs_list', 'runs_show', 'runs_unlock', 'schedule', 'metrics', 'trade', 'parity', 'orders', 'fills',
+           'risk_limits', 'risk_alerts', 'compliance_rules', 'kill', 'audit_verify', 'audit_show', 'bench', 'DemoStep',
+           'demo', 'run']
 
 # %% ../nbs/13_cli.ipynb #712e5520
 app = typer.Typer(help="Bifrost: research-to-production trading, from the notebook.", no_args_is_help=True,
@@ -48,8 +49,7 @@ def _store(read_only: bool = False) -> Store:
     return connect(_settings().store_url, read_only=read_only)
 
 def _print(df: pd.DataFrame) -> None:
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 70):
-        typer.echo(df.to_string(index=False) if len(df) else "(nothing)")
+    typer.echo(frame_text(df))
 
 def _version(value: bool):
     if value:
@@ -331,7 +331,7 @@ def check_lookahead_cmd(strategy: str, symbols: str = _SYMBOLS, start: Optional[
         raise typer.Exit(1)
 
 # %% ../nbs/13_cli.ipynb #7bf47607
-strategy_app = typer.Typer(help="Strategy versions: list, register, promote, roll back.", no_args_is_help=True)
+strategy_app = typer.Typer(help="Strategy versions: list, register, promote, roll back, history.", no_args_is_help=True)
 app.add_typer(strategy_app, name="strategy")
 
 @strategy_app.command("list")
@@ -364,9 +364,22 @@ def strategy_promote(name: str, version: str, reason: str = "",
 
 @strategy_app.command("rollback")
 def strategy_rollback(name: str, reason: str = "rollback"):
-    "Promote again the version promoted before the current one."
-    from bifrost.strategy.versions import rollback
-    typer.echo(f"{name}: rolled back to {rollback(_store(), name, LiveClock(), reason)}")
+    "Promote again the version promoted before the current one, at the stage it had."
+    from bifrost.strategy.versions import current_promotion, rollback
+    store = _store()
+    version = rollback(store, name, LiveClock(), reason)
+    typer.echo(f"{name}: rolled back to {version} ({current_promotion(store, name).stage})")
+
+@strategy_app.command("history")
+def strategy_history(name: str):
+    "Every promotion of NAME, oldest first: version, stage, when and why."
+    from bifrost.strategy.versions import promotions
+    _print(promotions(_store(read_only=True), name)[["seq", "promoted_at", "version", "stage", "reason"]])
+
+# %% ../nbs/13_cli.ipynb #6fa15ef5
+from .signals.cli import news_app, signals_app
+app.add_typer(news_app, name="news")
+app.add_typer(signals_app, name="signals")
 
 # %% ../nbs/13_cli.ipynb #9cd6f155
 @app.command("dashboard")

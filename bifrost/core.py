@@ -23,8 +23,8 @@ __all__ = ['DEFAULTS', 'BAR_SIZES', 'BifrostError', 'ConfigError', 'StoreError',
            'DataError', 'SourceUnavailableError', 'CalendarError', 'Setting', 'Settings', 'load_settings', 'mask_url',
            'AssetClass', 'Side', 'OrderType', 'TimeInForce', 'OrderStatus', 'Instrument', 'Bar', 'Order', 'Fill',
            'Position', 'Verdict', 'Check', 'Decision', 'AccountState', 'BrokerError', 'OrderRejectedError',
-           'BrokerUnavailableError', 'BrokerOrder', 'Broker', 'bar_size_delta', 'Clock', 'LiveClock', 'SimulatedClock',
-           'TradingCalendar']
+           'BrokerUnavailableError', 'BrokerOrder', 'Broker', 'bar_size_delta', 'frame_text', 'Clock', 'LiveClock',
+           'SimulatedClock', 'TradingCalendar']
 
 # %% ../nbs/00_core.ipynb #da7f2ae3
 class BifrostError(Exception):
@@ -413,6 +413,14 @@ def bar_size_delta(bar_size: str) -> pd.Timedelta:
     if bar_size not in BAR_SIZES:
         raise ValueError(f"bar size must be one of {BAR_SIZES}, was {bar_size!r}")
     return pd.Timedelta(bar_size.replace("min", "m").replace("1d", "1D"))
+
+# %% ../nbs/00_core.ipynb #a667034a
+def frame_text(df: pd.DataFrame) -> str:
+    "`df` as the CLI prints it: no index, up to 30 columns, long text cut at 70 characters; `(nothing)` when empty."
+    if df.empty:
+        return "(nothing)"
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 70):
+        return df.to_string(index=False)
 
 # %% ../nbs/00_core.ipynb #8f55ddfa
 @runtime_checkable

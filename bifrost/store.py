@@ -142,6 +142,10 @@ CREATE TABLE IF NOT EXISTS news_dropped (
     source TEXT NOT NULL, row_ref TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
     ingested_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (source, row_ref, reason));
 """),
+    (9, "promotion stages", """
+ALTER TABLE strategy_promotions ADD COLUMN stage TEXT NOT NULL DEFAULT 'paper';
+UPDATE strategy_promotions SET stage = 'live', reason = ltrim(substr(reason, 7)) WHERE reason LIKE '[live]%';
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -97,6 +97,19 @@ def test_migrate_when_run_again_then_is_a_noop_and_status_reports_current(store,
     assert applied == [v for v, _, _ in MIGRATIONS]  # each migration recorded exactly once
 
 
+
+def test_migrate_9_when_a_store_has_live_promotions_then_their_stage_moves_out_of_the_reason(store_url, monkeypatch):
+    import bifrost.store as st
+    monkeypatch.setattr(st, "MIGRATIONS", MIGRATIONS[:8])
+    monkeypatch.setattr(st, "LATEST_VERSION", 8)
+    s = connect(store_url)  # a store as Bifrost left it before promotions had a stage
+    s.execute("INSERT INTO strategy_promotions VALUES ('spy', 1, 'v1', '2024-01-02 21:00:00+00', 'first'), "
+              "('spy', 2, 'v2', '2024-01-03 21:00:00+00', '[live] risk signed off')")
+    monkeypatch.undo()
+    assert s.migrate() == [v for v, _, _ in MIGRATIONS if v > 8]
+    got = s.query("SELECT seq, stage, reason FROM strategy_promotions ORDER BY seq")
+    assert got.values.tolist() == [[1, "paper", "first"], [2, "live", "risk signed off"]]
+
 def test_status_when_rows_written_then_counts_them(store, make_bars):
     store.upsert("bars", make_bars(12), BAR_KEY)
     store.upsert("ingestions", ingestion("run-1", 12), ["id"])

@@ -10,6 +10,7 @@ import inspect
 import json
 import platform
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -24,8 +25,8 @@ from ..store import Store
 from .api import Panel, Strategy, StrategyError
 
 # %% auto #0
-__all__ = ['STAGES', 'code_hash', 'strategy_version', 'register', 'list_versions', 'promotions', 'live_readiness', 'promote',
-           'promoted', 'rollback', 'data_hash', 'run_manifest']
+__all__ = ['STAGES', 'code_hash', 'strategy_version', 'register', 'list_versions', 'promotions', 'Promotion', 'current_promotion',
+           'live_readiness', 'promote', 'promoted', 'rollback', 'data_hash', 'run_manifest']
 
 # %% ../../nbs/08g_strategy.versions.ipynb #05c743ca
 def code_hash(cls: type) -> str:
@@ -62,8 +63,10 @@ def list_versions(store: Store, name: str | None = None) -> pd.DataFrame:
     "Registered versions, newest first, with the one currently promoted marked."
     where, params = ("WHERE v.name = ?", [name]) if name else ("", [])
     versions = store.query(f"SELECT v.* FROM strategy_versions v {where} ORDER BY registered_at DESC, version", params)
-    live = {r.name: r.version for r in promotions(store).groupby("name").tail(1).itertuples()}
-    return versions.assign(promoted=[live.get(n) == v for n, v in zip(versions.name, versions.version)])
+    now = {r.name: (r.version, r.stage) for r in promotions(store).groupby("name").tail(1).itertuples()}
+    promoted = [now.get(n, (None,))[0] == v for n, v in zip(versions.name, versions.version)]
+    return versions.assign(promoted=promoted,
+                           stage=[now[n][1] if p else None for n, p in zip(versions.name, promoted)])
 
 def promotions(store: Store, name: str | None = None) -> pd.DataFrame:
     "The promotion history, oldest first."
@@ -71,6 +74,24 @@ def promotions(store: Store, name: str | None = None) -> pd.DataFrame:
     return store.query(f"SELECT * FROM strategy_promotions {where} ORDER BY name, seq", params)
 
 STAGES = ("paper", "live")
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    "One step of a strategy's promotion history: the version pipelines trade, at which stage, since when and why."
+    name: str
+    seq: int
+    version: str
+    stage: str
+    promoted_at: pd.Timestamp
+    reason: str
+
+def current_promotion(store: Store, name: str) -> Promotion:
+    "The latest promotion of `name`: the version its pipelines trade and whether it may trade live."
+    history = promotions(store, name)
+    if history.empty:
+        raise StrategyError(f"no version of {name} has been promoted", hint="bifrost strategy promote NAME VERSION")
+    r = history.iloc[-1]
+    return Promotion(name, int(r.seq), r.version, r.stage, pd.Timestamp(r.promoted_at), r.reason)
 
 def live_readiness(store: Store, version: str, min_sessions: int = 30, tolerance: Decimal = Decimal("1.00")) -> list[str]:
     "Why `version` may not trade live yet (empty: it may): paper sessions, their parity reports, the accounts' stop-loss."
@@ -112,23 +133,25 @@ def promote(store: Store, name: str, version: str, clock: Clock, reason: str = "
         raise StrategyError(f"{name} {version} may not trade live: " + "; ".join(failed),
                             hint=f"paper-trade it for {min_sessions} sessions with parity reports inside ±{tolerance} "
                                  "on an account with a stop-loss, or override with a reason (it is audited)")
+    _record(store, name, version, to, clock, reason,
+            ("strategy.override" if failed else "strategy.promote",
+             {"to": to, "failed": failed, "reason": override if failed else reason}))
+
+def _record(store: Store, name: str, version: str, stage: str, clock: Clock, reason: str,
+            audit: tuple[str, dict]) -> None:
+    "Append a promotion; one that lets a version trade live is audited first, in the same transaction."
     with store.transaction():
-        if to == "live":  # audited first: who let what trade live, past which failed conditions
-            AuditTrail(store).append("strategy.override" if failed else "strategy.promote", "*", f"{name}:{version}",
-                                     {"to": to, "failed": failed, "reason": override if failed else reason},
-                                     clock.now())
+        if stage == "live":
+            AuditTrail(store).append(audit[0], "*", f"{name}:{version}", audit[1], clock.now())
         seq = store.scalar("SELECT coalesce(max(seq), 0) FROM strategy_promotions WHERE name = ?", [name])
         store.upsert("strategy_promotions", pd.DataFrame([{
             "name": name, "seq": int(seq) + 1, "version": version, "promoted_at": pd.Timestamp(clock.now()),
-            "reason": f"[{to}] {reason}" if to == "live" else reason}]), ["name", "seq"])
+            "reason": reason, "stage": stage}]), ["name", "seq"])
 
 def promoted(store: Store, name: str) -> Strategy:
     "The promoted version of `name`, built and checked against its recorded hash."
     from bifrost.strategy.api import load_strategy
-    history = promotions(store, name)
-    if history.empty:
-        raise StrategyError(f"no version of {name} has been promoted", hint="bifrost strategy promote NAME VERSION")
-    version = history.version.iloc[-1]
+    version = current_promotion(store, name).version
     row = store.query("SELECT class_path, params FROM strategy_versions WHERE version = ?", [version]).iloc[0]
     strategy = load_strategy(row.class_path)(**json.loads(row.params))
     if strategy_version(strategy) != version:
@@ -137,14 +160,16 @@ def promoted(store: Store, name: str) -> Strategy:
     return strategy
 
 def rollback(store: Store, name: str, clock: Clock, reason: str = "rollback") -> str:
-    "Promote again the version that was promoted before the current one; returns it."
+    "Promote again the version promoted before the current one, at the stage it had then; returns it."
     history = promotions(store, name)
     current = history.version.iloc[-1] if len(history) else None
-    earlier = [v for v in history.version.iloc[:-1][::-1] if v != current]
-    if not earlier:
+    earlier = history.iloc[:-1][history.version.iloc[:-1] != current]
+    if earlier.empty:
         raise StrategyError(f"{name} has no earlier promoted version to roll back to")
-    promote(store, name, earlier[0], clock, reason)
-    return earlier[0]
+    back = earlier.iloc[-1]  # a version that passed the live gate once goes back to live without it, audited
+    _record(store, name, back.version, back.stage, clock, reason,
+            ("strategy.rollback", {"to": back.stage, "from": current, "reason": reason}))
+    return back.version
 
 # %% ../../nbs/08g_strategy.versions.ipynb #061ecad5
 def data_hash(panel: Panel) -> str:
