@@ -30,7 +30,9 @@ from bifrost.execution.algos import (
     ParentStatus,
     apportion,
     benchmark_prices,
+    profile_from_volume,
     replay,
+    session_bounds,
     slippage_bps,
     twap_schedule,
     volume_profile,
@@ -178,6 +180,34 @@ def test_vwap_profile_from_real_stored_bars(spy_store):
     assert fewer.attrs["sessions"] == [date(2013, 10, 9), date(2013, 10, 10)]
     with pytest.raises(AlgoError, match="no stored"):
         volume_profile(spy_store, "SPY", date(2013, 1, 10), calendar=CAL)
+
+
+def test_profile_from_single_prints_weighs_each_session_the_same():
+    "Prints by hand on two New York days (and one on a half-day, one pre-market): per-session shares, then their mean."
+    ny = lambda d, hm: pd.Timestamp(f"2013-10-{d} {hm}", tz="America/New_York")
+    ts = [ny(10, "09:30:10"), ny(10, "09:30:50"), ny(10, "15:59:59"), ny(11, "09:31:00"), ny(11, "08:00"),
+          pd.Timestamp("2013-11-29 10:00", tz="America/New_York")]
+    prof = profile_from_volume(ts, [100, 100, 200, 50, 10_000, 10_000], CAL, "1min")
+    assert prof.attrs["sessions"] == [date(2013, 10, 10), date(2013, 10, 11)]  # the half-day and pre-market left out
+    assert len(prof) == 390 and prof.sum() == pytest.approx(1, abs=1e-12)
+    # 10-10: half at 09:30, half at 15:59; 10-11: all at 09:31 -> means 0.25, 0.5, 0.25
+    assert prof[prof > 0].to_dict() == {timedelta(0): 0.25, timedelta(minutes=1): 0.5, timedelta(minutes=389): 0.25}
+    assert profile_from_volume(ts, [100, 100, 200, 50, 0, 0], CAL, "1min", sessions=1).attrs["sessions"] == \
+        [date(2013, 10, 11)]
+    with pytest.raises(AlgoError, match="no volume inside"):
+        profile_from_volume(ts[4:5], [1], CAL)
+
+
+def test_a_futures_session_opens_the_evening_before():
+    "CME's session of 2023-12-26 opens at 17:00 Chicago on Christmas Day: a window across midnight there is one session."
+    cme = TradingCalendar("CMES")
+    open_, close = datetime(2023, 12, 25, 23, tzinfo=UTC), datetime(2023, 12, 26, 23, tzinfo=UTC)
+    assert session_bounds(datetime(2023, 12, 25, 23, 30, tzinfo=UTC), cme) == (open_, close)
+    assert session_bounds(datetime(2023, 12, 26, 12, tzinfo=UTC), cme) == (open_, close)
+    night = ParentOrder("es", "ESH4", "buy", Decimal(60), open_, open_ + timedelta(hours=8), timedelta(hours=1))
+    assert [s.quantity for s in twap_schedule(night, cme)] == [8, 7] * 4  # 7.5 an hour, cumulative targets rounded
+    with pytest.raises(AlgoError, match="more than one session"):
+        twap_schedule(replace(night, end=open_ + timedelta(hours=30)), cme)
 
 
 def test_vwap_schedule_on_a_half_day(spy_store):

@@ -26,8 +26,8 @@ from ..store import Store
 
 # %% auto #0
 __all__ = ['AlgoError', 'Algo', 'OnReject', 'ParentOrder', 'Slice', 'session_bounds', 'trading_window', 'apportion',
-           'twap_schedule', 'schedule_frame', 'volume_profile', 'vwap_schedule', 'ParentStatus', 'ParentProgress',
-           'AlgoExecutor', 'replay', 'benchmark_prices', 'slippage_bps', 'execution_report']
+           'twap_schedule', 'schedule_frame', 'profile_from_volume', 'volume_profile', 'vwap_schedule', 'ParentStatus',
+           'ParentProgress', 'AlgoExecutor', 'replay', 'benchmark_prices', 'slippage_bps', 'execution_report']
 
 # %% ../../nbs/06g_execution.algos.ipynb #36a55320
 class AlgoError(BifrostError):
@@ -92,9 +92,11 @@ class Slice:
     cumulative: Decimal
 
 def session_bounds(ts: datetime, calendar: TradingCalendar) -> tuple[datetime, datetime]:
-    "Open and close (UTC) of the session on `ts`'s exchange-local date."
+    "Open and close (UTC) of the session `ts` is in (a futures session opens the evening before its date), else of the session on `ts`'s exchange-local date."
     day = pd.Timestamp(ts).tz_convert(calendar.tz).date()
-    s = calendar.schedule(day, day)
+    s = calendar.schedule(day, day + timedelta(days=1))
+    live = s[(s.open <= ts) & (s.close > ts)]
+    s = live if len(live) else s[s.index.date == day]
     if s.empty:
         raise AlgoError(f"{day} is not a {calendar.code} session", hint="pick a trading day")
     return s.open.iloc[0].to_pydatetime(), s.close.iloc[0].to_pydatetime()
@@ -104,7 +106,8 @@ def trading_window(parent: ParentOrder, calendar: TradingCalendar) -> tuple[date
     open_, close = session_bounds(parent.start, calendar)
     start, end = max(parent.start, open_), min(parent.end, close)
     local = lambda t: pd.Timestamp(t).tz_convert(calendar.tz).date()
-    if local(parent.end - timedelta(microseconds=1)) != local(parent.start):
+    last = parent.end - timedelta(microseconds=1)
+    if last >= close and local(last) != local(parent.start):
         raise AlgoError(f"the window {parent.start} .. {parent.end} spans more than one session",
                         hint="a parent order works within one session; send one per day")
     if end <= start:
@@ -150,37 +153,53 @@ def schedule_frame(slices: list[Slice]) -> pd.DataFrame:
                           "cumulative": s.cumulative} for s in slices]).set_index("slice")
 
 # %% ../../nbs/06g_execution.algos.ipynb #f2b6309d
+def profile_from_volume(ts, volume, calendar: TradingCalendar | None = None, bar_size: str = "1min",
+                        sessions: int | None = None, schedule: pd.DataFrame | None = None) -> pd.Series:
+    """Average share of a session's volume in each `bar_size` bucket since the open, each session counting the same,
+    from the times `ts` (trades or bar starts) and `volume`, over the last `sessions` with volume (all if None) of the
+    full-length sessions in `schedule` (open, close; default: the calendar's over the data)."""
+    cal = calendar or TradingCalendar("XNYS")
+    step = bar_size_delta(bar_size)
+    t = pd.Series(pd.to_datetime(np.asarray(ts), utc=True))
+    v = np.asarray(volume, dtype=np.float64)
+    if schedule is None:
+        local = t.dt.tz_convert(cal.tz).dt.date
+        schedule = cal.schedule(local.min() - timedelta(days=1), local.max() + timedelta(days=1))
+    length = (schedule.close - schedule.open).max()
+    full = schedule[(schedule.close - schedule.open) == length]  # half-days would bend the shape
+    utc = lambda x: pd.DatetimeIndex(x).tz_convert(None).to_numpy("datetime64[ns]")
+    tn, opens, closes = utc(t), utc(full.open), utc(full.close)
+    k = np.searchsorted(opens, tn, side="right") - 1
+    inside = (k >= 0) & (tn < closes[np.maximum(k, 0)])
+    frame = pd.DataFrame({"session": k[inside], "v": v[inside],
+                          "since_open": pd.TimedeltaIndex(tn[inside] - opens[k[inside]]).floor(step)})
+    total = frame.groupby("session").v.transform("sum")
+    frame = frame[total > 0].assign(share=lambda f: f.v / total[total > 0])
+    used = sorted(frame.session.unique())[-sessions:] if sessions else sorted(frame.session.unique())
+    if not used:
+        raise AlgoError(f"no volume inside a full {cal.code} session", hint="is the data in the calendar's hours?")
+    grid = pd.timedelta_range(timedelta(0), length - step, freq=step)
+    shares = frame[frame.session.isin(used)].groupby(["since_open", "session"]).share.sum().unstack()
+    profile = shares.reindex(index=grid, columns=used).fillna(0.0).mean(axis=1)
+    profile.index.name, profile.name = "since_open", "share"
+    profile.attrs.update(sessions=[full.index[s].date() for s in used], bar_size=bar_size)
+    return profile
+
 def volume_profile(store: Store, symbol: str, before: date, sessions: int = 20, bar_size: str = "1min",
                    calendar: TradingCalendar | None = None, look_back: int = 90) -> pd.Series:
     "Average share of a full session's volume traded in each bar (indexed by time since the open), over the last `sessions` full sessions with stored bars before `before`."
     cal = calendar or TradingCalendar("XNYS")
     before = pd.Timestamp(before).date()
-    step = bar_size_delta(bar_size)
     days = cal.sessions(before - timedelta(days=int(look_back * 1.5)), before - timedelta(days=1))[-look_back:]
     if len(days) == 0:
         raise AlgoError(f"no sessions before {before} in the calendar")
     sched = cal.schedule(days[0], days[-1])
-    full = sched[(sched.close - sched.open) == (sched.close - sched.open).max()]  # half-days would bend the shape
-    bars = read_bars(store, symbol, bar_size, start=full.open.iloc[0], end=full.close.iloc[-1])
+    bars = read_bars(store, symbol, bar_size, start=sched.open.iloc[0], end=sched.close.iloc[-1])
     if bars.empty:
         raise AlgoError(f"no stored {bar_size} bars of {symbol} in the {look_back} sessions before {before}",
                         hint="ingest intraday bars first (`bifrost data ingest`)")
-    shares, used = [], []
-    for day, (open_, close) in full[["open", "close"]].iloc[::-1].iterrows():
-        b = bars[(bars.ts >= open_) & (bars.ts < close)]
-        total = b.volume.sum()
-        if total <= 0:
-            continue
-        shares.append((b.volume / total).groupby(b.ts - open_).sum())
-        used.append(day.date())
-        if len(used) == sessions:
-            break
-    if not used:
-        raise AlgoError(f"no {symbol} volume in regular hours in the {look_back} sessions before {before}")
-    grid = pd.timedelta_range(timedelta(0), full.close.iloc[-1] - full.open.iloc[-1] - step, freq=step)
-    profile = pd.concat(shares, axis=1).reindex(grid).fillna(0.0).mean(axis=1)
-    profile.index.name, profile.name = "since_open", "share"
-    profile.attrs.update(symbol=symbol, sessions=sorted(used), bar_size=bar_size)
+    profile = profile_from_volume(bars.ts, bars.volume, cal, bar_size, sessions, schedule=sched)
+    profile.attrs.update(symbol=symbol)
     return profile
 
 def vwap_schedule(parent: ParentOrder, profile: pd.Series, calendar: TradingCalendar | None = None,
