@@ -37,7 +37,7 @@ from .sources import Feed, FeedSpec, Source, _since, parse_bars
 
 # %% auto #0
 __all__ = ['OFFLINE_HINT', 'ALPACA_KEYS', 'start_after', 'YFinanceSource', 'yahoo_chart', 'YahooReplay', 'AlpacaSource',
-           'alpaca_bars', 'AlpacaStub']
+           'alpaca_bars', 'LoopbackJSONServer', 'AlpacaStub']
 
 # %% ../../nbs/02c_data.remote.ipynb #e1154d9d
 OFFLINE_HINT = "work offline with `bifrost ingest sample`, or read a CSV/Parquet file with FileSource"
@@ -394,27 +394,21 @@ def alpaca_bars(feed: Feed) -> list[dict]:
              "vw": round((h + lo + c) / 3, 4)}  # trade count and VWAP: placeholders
             for t, o, h, lo, c, v in zip(ts, b.open, b.high, b.low, b.close, b.volume)]
 
-class AlpacaStub:
-    "A local server speaking Alpaca's market-data API (`GET /v2/stocks/bars`), serving given bars on 127.0.0.1."
-    def __init__(self,
-                 bars: Mapping[str, list[dict]],  # symbol -> Alpaca bar objects (see `alpaca_bars`)
-                 page_size: int = 10_000,  # most bars in one answer (Alpaca's `limit` is at most 10,000)
-                 status: int = 200,  # answer every authorised request with this status (500: a failing server)
-                 keys: tuple[str, str] | None = None):  # the only key pair accepted (None: any non-empty pair)
-        self.bars = {s.upper(): sorted(rows, key=lambda b: b["t"]) for s, rows in bars.items()}
-        self._times = {s: pd.to_datetime([b["t"] for b in rows], utc=True) for s, rows in self.bars.items()}
-        self.page_size, self.status, self.keys = page_size, status, keys
+class LoopbackJSONServer:
+    "A JSON HTTP server on 127.0.0.1 for tests and demos; a subclass says what each GET gets in `answer`."
+    def __init__(self, keys: tuple[str, str] | None = None):  # the only Alpaca key pair accepted (None: any pair)
+        self.keys = keys
         self.requests: list[dict] = []  # path, query and headers of every request received
 
     def __enter__(self) -> Self:
-        stub = self
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 url = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                stub.requests.append({"path": url.path, "query": query, "headers": dict(self.headers)})
-                status, body = stub.answer(url.path, query, self.headers)
+                server.requests.append({"path": url.path, "query": query, "headers": dict(self.headers)})
+                status, body = server.unauthorised(self.headers) or server.answer(url.path, query, self.headers)
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -437,14 +431,34 @@ class AlpacaStub:
 
     @property
     def url(self) -> str:
-        "The base URL to give `AlpacaSource(url_override=...)`."
+        "The base URL to give an alpaca-py client (`url_override=...`)."
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def answer(self, path: str, query: dict[str, str], headers: Mapping[str, str]) -> tuple[int, dict]:
-        "Alpaca's status and body for one request: bars in [start, end] by symbol then time, a page at a time."
+    def unauthorised(self, headers: Mapping[str, str]) -> tuple[int, dict] | None:
+        "Alpaca's 401 for a request without a key pair (or without the one in `keys`); None when authorised."
         given = (headers.get("APCA-API-KEY-ID"), headers.get("APCA-API-SECRET-KEY"))
         if not all(given) or (self.keys is not None and given != tuple(self.keys)):
             return 401, {"code": 40110000, "message": "request is not authorized"}
+        return None
+
+    def answer(self, path: str, query: dict[str, str], headers: Mapping[str, str]) -> tuple[int, object]:
+        "The status and JSON body for an authorised GET of `path` with `query`."
+        raise NotImplementedError
+
+class AlpacaStub(LoopbackJSONServer):
+    "A local server speaking Alpaca's market-data API (`GET /v2/stocks/bars`), serving given bars on 127.0.0.1."
+    def __init__(self,
+                 bars: Mapping[str, list[dict]],  # symbol -> Alpaca bar objects (see `alpaca_bars`)
+                 page_size: int = 10_000,  # most bars in one answer (Alpaca's `limit` is at most 10,000)
+                 status: int = 200,  # answer every authorised request with this status (500: a failing server)
+                 keys: tuple[str, str] | None = None):  # the only key pair accepted (None: any non-empty pair)
+        super().__init__(keys)
+        self.bars = {s.upper(): sorted(rows, key=lambda b: b["t"]) for s, rows in bars.items()}
+        self._times = {s: pd.to_datetime([b["t"] for b in rows], utc=True) for s, rows in self.bars.items()}
+        self.page_size, self.status = page_size, status
+
+    def answer(self, path: str, query: dict[str, str], headers: Mapping[str, str]) -> tuple[int, dict]:
+        "Alpaca's status and body for one request: bars in [start, end] by symbol then time, a page at a time."
         if self.status != 200:
             return self.status, {"code": 50010000, "message": "internal server error occurred"}
         if path != "/v2/stocks/bars":

@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import os
 import re
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Self
-from urllib.parse import parse_qs, urlsplit
 
 import feedparser
 import numpy as np
@@ -29,7 +24,7 @@ from alpaca.data.historical.news import NewsClient
 from alpaca.data.requests import NewsRequest
 
 from ..core import Clock, DataError, SourceUnavailableError
-from ..data.remote import ALPACA_KEYS, OFFLINE_HINT
+from ..data.remote import ALPACA_KEYS, OFFLINE_HINT, LoopbackJSONServer
 from .text import SAMPLE_NEWS, sentiment_scores, tag_events
 from ..store import Store
 
@@ -153,47 +148,13 @@ def read_alpaca_news(symbols: Sequence[str], start: datetime, end: datetime, *, 
                 [n.get("headline") for n in news], [n.get("summary") for n in news], [n.get("url") for n in news],
                 [" ".join(n.get("symbols") or []) for n in news], [str(n.get("id")) for n in news], tz="UTC")
 
-class AlpacaNewsStub:
+class AlpacaNewsStub(LoopbackJSONServer):
     "A loopback server answering `/v1beta1/news` like Alpaca (paged by `next_page_token`), for tests and demos."
     def __init__(self, news: list[dict], page_size: int = 50):
-        self.news, self.page_size, self.requests = news, page_size, []
-
-    def __enter__(self) -> Self:
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                url = urlsplit(self.path)
-                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                stub.requests.append({"path": url.path, "query": query})
-                status, body = stub.answer(url.path, query, self.headers)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__()
+        self.news, self.page_size = news, page_size
 
     def answer(self, path: str, query: dict[str, str], headers) -> tuple[int, dict]:
-        if not headers.get("APCA-API-KEY-ID") or not headers.get("APCA-API-SECRET-KEY"):
-            return 401, {"code": 40110000, "message": "request is not authorized"}
         if path != "/v1beta1/news":
             return 404, {"code": 40410000, "message": "endpoint not found"}
         wanted = set(query.get("symbols", "").upper().split(",")) - {""}
