@@ -471,6 +471,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'bifrost.core': { 'bifrost.core.AccountState': ('core.html#accountstate', 'bifrost/core.py'),
                               'bifrost.core.AccountState.__post_init__': ('core.html#accountstate.__post_init__', 'bifrost/core.py'),
                               'bifrost.core.AccountState.after': ('core.html#accountstate.after', 'bifrost/core.py'),
+                              'bifrost.core.AccountState.derived': ('core.html#accountstate.derived', 'bifrost/core.py'),
                               'bifrost.core.AccountState.equity': ('core.html#accountstate.equity', 'bifrost/core.py'),
                               'bifrost.core.AccountState.market_value': ('core.html#accountstate.market_value', 'bifrost/core.py'),
                               'bifrost.core.AssetClass': ('core.html#assetclass', 'bifrost/core.py'),

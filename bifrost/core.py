@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import exchange_calendars as xcals
@@ -334,6 +334,7 @@ class AccountState:
     peak_equity: Decimal | None = None                # for the drawdown limit
     open_orders: tuple[Order, ...] = ()
     fills: tuple[Fill, ...] = ()                      # recent fills, oldest first (day trades, wash sales)
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "as_of", _utc(self.as_of, "AccountState.as_of"))
@@ -355,6 +356,12 @@ class AccountState:
     @property
     def equity(self) -> Decimal:
         return self.cash + sum((self.market_value(s) for s in self.positions), Decimal(0))
+
+    def derived(self, key: str, compute: Callable[["AccountState"], Any]) -> Any:
+        "`compute(self)`, worked out once per state under `key`: the gate checks many orders against one state."
+        if key not in self._derived:
+            self._derived[key] = compute(self)
+        return self._derived[key]
 
     def after(self, order: Order, price: Decimal | None = None) -> "AccountState":
         "The account as if `order` filled in full at `price` (default: the last price), for what-if limits."

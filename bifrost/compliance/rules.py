@@ -276,7 +276,6 @@ class PatternDayTrader(BaseRule):
                  calendar: str = "XNYS", warn_at: int | None = 3):
         self.min_equity, self.max_day_trades, self.window = Decimal(str(min_equity)), int(max_day_trades), int(window)
         self.calendar_code, self.warn_at = calendar, warn_at
-        self._last = None  # (state, tape) of the last account state checked
         if self.max_day_trades < 0 or self.window < 1 or self.min_equity < 0:
             raise ComplianceError(f"pattern_day_trader: bad config min_equity={min_equity}, "
                                   f"max_day_trades={max_day_trades}, window={window}")
@@ -285,11 +284,9 @@ class PatternDayTrader(BaseRule):
         "The `window` sessions ending on `day` (or on the last session before it)."
         return list(_window(self.calendar_code, day, self.window))
 
-    def _account_tape(self, state: AccountState, tz: str) -> tuple[AccountState, _Tape]:
+    def _account_tape(self, state: AccountState, tz: str) -> _Tape:
         "The day-trade tape of the account's fills, walked once per state however many orders it checks."
-        if self._last is None or self._last[0] is not state:
-            self._last = (state, _tape(list(state.fills), state.positions, tz))
-        return self._last
+        return state.derived(f"compliance.pdt_tape:{tz}", lambda s: _tape(list(s.fills), s.positions, tz))
 
     def check(self, order: Order, state: AccountState) -> Check:
         cal = _calendar(self.calendar_code)
@@ -299,7 +296,7 @@ class PatternDayTrader(BaseRule):
         # the price plays no part in counting: any positive one will do for the order as a fill
         as_fill = Fill(f"order:{order.client_order_id}", order.client_order_id, order.symbol, order.side,
                        order.quantity, order.limit_price or state.prices.get(order.symbol, Decimal(1)), state.as_of)
-        _, tape = self._account_tape(state, cal.tz)
+        tape = self._account_tape(state, cal.tz)
         if not tape.closes_today_open(as_fill):
             return self.answer(Verdict.PASS)
         sessions = self.window_sessions(today)

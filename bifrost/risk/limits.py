@@ -92,12 +92,8 @@ class Exposure:
                 by_sector[inst.sector] = by_sector.get(inst.sector, Decimal(0)) + mv
         return cls(state.cash + net, gross, net, by_sector)
 
-_LAST: list = [None, None]  # the last state valued and its exposure: the gate checks many orders against one state
-
 def _exposure(state: AccountState) -> Exposure:
-    if _LAST[0] is not state:
-        _LAST[:] = [state, Exposure.of(state)]
-    return _LAST[1]
+    return state.derived("risk.exposure", Exposure.of)
 
 def _ratio(x: Decimal, equity: Decimal) -> Decimal:
     return x / equity if equity > 0 else Decimal("Infinity")
