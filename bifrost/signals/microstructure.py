@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
 
 from ..core import BifrostError
+from ..execution.costs import ImpactSlippage
 from .book import (AAPL_L1_2012_06_21, ES_MBO_2023_12_25, ES_MBP1_2024_07_01, MboEvents, read_book_file,
                                   load_mbo, replay_mbo)
 
@@ -195,6 +197,14 @@ class SlippageCalibration:
 
     def bps(self, participation: float) -> float:
         return self.half_spread_bps + self.bps_per_participation * participation
+
+    def model(self, places: int = 4) -> ImpactSlippage:
+        "The paper broker's impact model with these numbers, rounded to `places` decimals of a bp."
+        if self.bps_per_participation < 0:
+            raise MicrostructureError(f"Kyle's lambda came out negative ({self.lam.slope:.3g}, t={self.lam.t_stat:.1f})",
+                                      hint="the flow does not move the price here: use more data or another interval")
+        dec = lambda x: Decimal(repr(round(x, places)))
+        return ImpactSlippage(dec(self.half_spread_bps), dec(self.bps_per_participation))
 
 def calibrate_slippage(spreads: pd.DataFrame, flow: pd.DataFrame) -> SlippageCalibration:
     "From `trade_spreads` and `interval_flow` output: median half effective spread (bps) and Kyle's lambda scaled to participation."
