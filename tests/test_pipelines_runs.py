@@ -148,6 +148,31 @@ def test_killed_run_is_marked_failed_and_its_lock_recovered(store_url, tmp_path,
     assert lock_holder(store, "probe:desk") is None
 
 
+
+def test_a_run_whose_runner_alone_was_killed_keeps_its_lock_while_papermill_works(store_url, tmp_path):
+    store, src = connect(store_url), make_pipeline(tmp_path / "src")
+    proc, marker = start_slow_run(store_url, src, tmp_path, hold=False)
+    kernel = int(marker.read_text())
+    held = lock_holder(store, "probe:desk")
+    try:
+        os.kill(proc.pid, signal.SIGKILL)  # the runner only: Papermill and the kernel go on writing
+        proc.wait()
+        with pytest.raises(RunLockedError, match=f"locked by run {held['run_id']}.*runner died but process"):
+            run_pipeline("probe", {"account": "desk", "tag": "second"}, store=store, clock=LiveClock(),
+                         output_dir=tmp_path / "second", source_dir=src)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        os.kill(kernel, signal.SIGKILL)
+    deadline = time.monotonic() + 60  # until every process of the run has gone
+    while time.monotonic() < deadline:
+        try:
+            run = run_pipeline("probe", {"account": "desk", "tag": "next"}, store=store, clock=LiveClock(),
+                               output_dir=tmp_path / "next", source_dir=src)
+            break
+        except RunLockedError:
+            time.sleep(0.5)
+    assert run.status == "succeeded" and show_run(store, held["run_id"]).status == "failed"
+
 def test_secret_parameters_are_refused_before_a_run_exists(store_url, tmp_path):
     store, src = connect(store_url), make_pipeline(tmp_path / "src")
     for params in ({"alpaca_secret_key": "x"}, {"api_token": "x"}, {"db": "postgresql://u:pw@h/d"}):

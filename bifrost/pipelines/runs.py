@@ -149,6 +149,18 @@ def _alive(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return False
 
+def _still_running(run_id: str, pid: int) -> int | None:
+    "A live process of run `run_id`: its runner `pid`, or a child that outlived it (Papermill and the kernel carry the id)."
+    if _alive(pid):
+        return pid
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("BIFROST_RUN_ID") == run_id and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc.pid
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return None
+
 def lock_holder(store: Store, name: str) -> dict | None:
     "Who holds lock `name` (run_id, host, pid, acquired_at), or None."
     df = store.query("SELECT run_id, host, pid, acquired_at FROM run_locks WHERE name = ?", [name])
@@ -168,10 +180,12 @@ def acquire_lock(store: Store, name: str, run_id: str, at: datetime, host: str |
         held = lock_holder(store, name)
         if held["run_id"] == run_id:
             return None
-        if held["host"] != host or _alive(int(held["pid"])):
+        live = None if held["host"] != host else _still_running(held["run_id"], int(held["pid"]))
+        if held["host"] != host or live is not None:
+            orphan = f"; its runner died but process {live} of the run still works" if live not in (None, held["pid"]) else ""
             raise RunLockedError(
                 f"{name} is locked by run {held['run_id']} (pid {held['pid']} on {held['host']}, "
-                f"since {pd.Timestamp(held['acquired_at']):%Y-%m-%d %H:%M:%S %Z})",
+                f"since {pd.Timestamp(held['acquired_at']):%Y-%m-%d %H:%M:%S %Z}){orphan}",
                 hint="wait for it to finish (`bifrost runs show ID`); if that host is gone, break the lock by hand")
         _fail_run(store, held["run_id"], at, f"process {held['pid']} on {held['host']} died while running; "
                                               f"stale lock {name} taken over by run {run_id}")
