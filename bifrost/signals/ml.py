@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pkgutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,10 @@ from ..strategy.vector import BacktestResult, run_vectorized
 from mlflow.tracking import MlflowClient
 
 # %% auto #0
-__all__ = ['SignalError', 'forward_returns', 'Dataset', 'make_dataset', 'purged_kfold', 'walk_forward_splits',
+__all__ = ['SignalError', 'forward_returns', 'Dataset', 'feature_frame', 'make_dataset', 'purged_kfold', 'walk_forward_splits',
            'overlapping_labels', 'make_model', 'signal_metrics', 'Evaluation', 'evaluate', 'weights_from_scores',
-           'backtest_predictions', 'RegisteredModel', 'train_model', 'LoadedModel', 'load_model', 'promote_challenger',
-           'model_promotions', 'MLSignal', 'promoted_signal']
+           'backtest_predictions', 'RegisteredModel', 'train_model', 'LoadedModel', 'feature_set_from_spec',
+           'load_model', 'promote_challenger', 'model_promotions', 'MLSignal', 'promoted_signal']
 
 # %% ../../nbs/09a1_signals.ml.ipynb #a66e76ba
 class SignalError(BifrostError):
@@ -61,9 +62,13 @@ class Dataset:
     def __repr__(self):
         return f"<Dataset {len(self)} rows × {self.X.shape[1]} features, label fwd_{self.horizon}>"
 
+def feature_frame(panel: Panel, fs) -> pd.DataFrame:
+    "Point-in-time features of `fs` on `panel`; a set that computes its own (a window of them) has `compute`."
+    return fs.compute(panel) if hasattr(fs, "compute") else compute_features(panel, fs)
+
 def make_dataset(panel: Panel, fs: FeatureSet = FeatureSet(), horizon: int = 5) -> Dataset:
     "Point-in-time features of `fs` and `horizon`-bar forward returns, rows with anything missing dropped."
-    X = compute_features(panel, fs)
+    X = feature_frame(panel, fs)
     y = forward_returns(panel, horizon).reindex(X.index)
     keep = (X.notna().all(axis=1) & y.notna()).to_numpy()
     X, y = X[keep], y[keep]
@@ -205,7 +210,8 @@ def backtest_predictions(panel: Panel, predictions: pd.Series, top: int = 1, thr
     return run_vectorized(strategy, span, cash, costs)
 
 # %% ../../nbs/09a1_signals.ml.ipynb #ce7f3178
-# MLflow stores scikit-learn models with skops, which loads only the types it is told to trust: LightGBM's
+# MLflow stores scikit-learn models with skops, which loads only the types it is told to trust: LightGBM's,
+# and those a model class of ours names in its `skops_trusted_types` (with its `requirements`)
 _TRUSTED = ["collections.OrderedDict", "lightgbm.basic.Booster", "lightgbm.sklearn.LGBMRegressor"]
 
 def _requirements() -> list[str]:
@@ -221,7 +227,8 @@ def _log_and_register(client, run_id: str, fitted, X: np.ndarray, name: str) -> 
     with tempfile.TemporaryDirectory() as tmp:  # MlflowClient calls only: no global tracking URI to set and restore
         path = Path(tmp) / "model"
         mlflow.sklearn.save_model(fitted, str(path), signature=infer_signature(X[:5], fitted.predict(X[:5])),
-                                  pip_requirements=_requirements(), skops_trusted_types=_TRUSTED)
+                                  pip_requirements=_requirements() + [*getattr(fitted, "requirements", ())],
+                                  skops_trusted_types=_TRUSTED + [*getattr(fitted, "skops_trusted_types", ())])
         client.log_artifacts(run_id, str(path), "model")
     try:
         client.create_registered_model(name)
@@ -281,6 +288,15 @@ class LoadedModel:
         return pd.Series(self.model.predict(X[ok].to_numpy(np.float64)) if ok.any() else [], index=X.index[ok],
                          dtype="float64", name="prediction")
 
+def feature_set_from_spec(spec: dict):
+    "The feature set a model version was trained on: a `FeatureSet`, or the bifrost class its spec's `kind` names."
+    kind = spec.get("kind")
+    if kind is None:
+        return FeatureSet.from_spec(spec)
+    if not kind.startswith("bifrost."):
+        raise SignalError(f"unknown feature set kind {kind!r}", hint="a model's feature set is a class of the bifrost package")
+    return pkgutil.resolve_name(kind).from_spec(spec)
+
 def load_model(name: str, alias: str | None = "champion", version: int | None = None, uri: str | None = None) -> LoadedModel:
     "The model registered as `name@alias`, or `name` version `version`."
     from mlflow.exceptions import MlflowException
@@ -297,7 +313,7 @@ def load_model(name: str, alias: str | None = "champion", version: int | None = 
     with tempfile.TemporaryDirectory() as tmp, patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
         model = mlflow.sklearn.load_model(client.download_artifacts(mv.run_id, "model", tmp))
     return LoadedModel(name, int(mv.version), alias if version is None else None, model,
-                       FeatureSet.from_spec(json.loads(mv.tags["bifrost.feature_set"])), int(mv.tags["bifrost.horizon"]),
+                       feature_set_from_spec(json.loads(mv.tags["bifrost.feature_set"])), int(mv.tags["bifrost.horizon"]),
                        mv.run_id)
 
 # %% ../../nbs/09a1_signals.ml.ipynb #7b438782
@@ -359,7 +375,7 @@ class MLSignal(Strategy):
 
     def scores(self, panel: Panel) -> pd.DataFrame:
         "The model's prediction for each bar and symbol (NaN where a feature is missing)."
-        pred = self.model.predict(compute_features(panel, self.model.features))
+        pred = self.model.predict(feature_frame(panel, self.model.features))
         return pred.unstack("symbol").reindex(index=panel.index, columns=panel.symbols)
 
     def targets(self, panel: Panel) -> pd.DataFrame:
