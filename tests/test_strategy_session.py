@@ -115,7 +115,8 @@ def test_promote_to_live_when_conditions_fail_then_refused_naming_each(spy):
     promote(spy, "mr", v, clock, "live", to="live", min_sessions=2, override="desk head approved a pilot")
     rec = AuditTrail(spy).records(kind="strategy.override").iloc[-1]
     assert rec.subject == f"mr:{v}" and "pilot" in str(rec.payload)
-    assert promotions(spy, "mr").reason.iloc[-1] == "[live] live"
+    last = promotions(spy, "mr").iloc[-1]
+    assert (last.stage, last.reason) == ("live", "live")
 
 
 def test_promote_to_live_when_sessions_in_parity_and_stop_loss_then_allowed(spy):

@@ -10,7 +10,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from ..core import Clock, LiveClock
+from ..core import Clock, LiveClock, Side
+from .costs import Slippage
 
 # %% auto #0
 __all__ = ['AlpacaFake']
@@ -38,6 +39,10 @@ class _Fault:
     status: int
     times: int
     path: str  # only requests whose path starts with this
+    method: str | None = None  # only requests of this method (None: any)
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times > 0 and path.startswith(self.path) and self.method in (None, method)
 
 def _dec(x) -> Decimal | None:
     return None if x is None else Decimal(str(x))
@@ -46,6 +51,12 @@ def _err(status: int, code: int, message: str) -> tuple[int, dict, dict]:
     return status, {"code": code, "message": message}, {}
 
 _OPEN = ("new", "accepted", "partially_filled", "pending_new", "accepted_for_bidding")
+_TICK = Decimal("0.01")
+_NO_SLIPPAGE = Slippage()
+
+def _px(x) -> Decimal:
+    "A bar's float as the Decimal it prints as."
+    return Decimal(repr(float(x)))
 
 # %% ../../nbs/06e1_execution.alpaca_fake.ipynb #7a79a2d5
 class AlpacaFake:
@@ -54,7 +65,9 @@ class AlpacaFake:
                  cash: Decimal | int | str = 100_000,  # starting cash, also the buying power (a cash account)
                  prices: Mapping[str, Decimal] | None = None,  # last prices, for buying power and positions
                  keys: tuple[str, str] | None = None,  # the only key pair accepted (None: any non-empty pair)
-                 clock: Clock | None = None):  # the server's time, stamped on orders and fills (default: the wall clock)
+                 clock: Clock | None = None,  # the server's time, stamped on orders and fills (default: the wall clock)
+                 slippage: Slippage = _NO_SLIPPAGE,  # market mode: the price impact a market order pays at the open
+                 lag: float = 10.0):  # market mode: seconds a bar waits for the trader before it happens anyway
         self.clock = clock or LiveClock()
         self.cash = Decimal(cash)
         self.prices = {s: Decimal(p) for s, p in (prices or {}).items()}
@@ -66,19 +79,25 @@ class AlpacaFake:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request received
         self.sent: list[dict] = []  # every stream message sent
         self._faults: list[_Fault] = []
-        self._delay, self._delay_path, self._delay_times = 0.0, "", 0
+        self._delay, self._slow = 0.0, _Fault(0, 0, "")  # seconds, and which requests
+        self.slippage, self.lag = slippage, lag
+        self._market = threading.Condition()  # market mode: the bar waiting to happen, and the trader's polls
+        self._bar: list[tuple] | None = None
+        self._bars, self._market_open = 0, False
+        self._market_now: datetime | None = None
         self._lock = threading.RLock()
         self._sockets: set[ServerConnection] = set()
+        self._stream_down = False
 
     # faults
 
-    def fail(self, status: int, times: int = 1, path: str = "/v2/") -> None:
-        "Answer the next `times` requests under `path` with `status` (429: rate limited; 200: empty), doing nothing."
-        self._faults.append(_Fault(status, times, path))
+    def fail(self, status: int, times: int = 1, path: str = "/v2/", method: str | None = None) -> None:
+        "Answer the next `times` requests under `path` (of `method`) with `status` (429: rate limited; 200: empty), doing nothing."
+        self._faults.append(_Fault(status, times, path, method))
 
-    def slow(self, seconds: float, times: int = 1, path: str = "/v2/") -> None:
-        "Carry out the next `times` requests under `path`, then wait `seconds` before answering."
-        self._delay, self._delay_times, self._delay_path = seconds, times, path
+    def slow(self, seconds: float, times: int = 1, path: str = "/v2/", method: str | None = None) -> None:
+        "Carry out the next `times` requests under `path` (of `method`), then wait `seconds` before answering."
+        self._delay, self._slow = seconds, _Fault(0, times, path, method)
 
     # the market
 
@@ -120,19 +139,67 @@ class AlpacaFake:
             o["status"], o["expired_at"] = "expired", self._now()
             return self._update("expired", o)
 
+    # market mode: bars drive the fills
+
+    def open_market(self) -> None:
+        "Market mode: market orders now fill at the open of the next bar `offer`ed (the market-data fake offers them)."
+        with self._market:
+            self._market_open, self._bars, self._bar = True, 0, None
+
+    def close_market(self) -> None:
+        "No more bars: a trader's poll no longer waits for one."
+        with self._market:
+            self._market_open = False
+            self._market.notify_all()
+
+    def offer(self, bars: Iterable[tuple]) -> None:
+        "One bar time, `(symbol, ts, open, high, low, close)` each, before it is published: it happens on the trader's next poll."
+        bars = list(bars)
+        with self._market:
+            if self._bars == 0:  # nobody is waiting for the first bar: it happens now
+                self._happen(bars)
+                return
+            self._bar = bars
+            self._market.notify_all()
+            if not self._market.wait_for(lambda: self._bar is None, self.lag):  # the trader never asked
+                self._happen(self._bar)
+
+    def _polled(self) -> None:
+        "The trader polls its fills: a bar offered (or about to be) happens first, so the answer includes its fills."
+        with self._market:
+            if self._market_open and self._bars:
+                self._market.wait_for(lambda: self._bar is not None or not self._market_open, self.lag)
+            if self._bar is not None:
+                self._happen(self._bar)
+
+    def _happen(self, bars: list[tuple]) -> None:
+        "Working market orders fill at the bar's open (with the slippage the backtest charges); prices mark its close."
+        self._bar, self._bars = None, self._bars + 1
+        self._market_now = max(b[1] for b in bars)
+        for symbol, _, open_, high, low, close in bars:
+            with self._lock:
+                working = [o for o in self.orders.values() if o["symbol"] == symbol and o["type"] == "market"
+                           and o["status"] in ("new", "accepted", "partially_filled")]
+                for o in sorted(working, key=lambda o: o["submitted_at"]):
+                    price = self.slippage.price(Side(o["side"]), _px(open_), _px(low), _px(high), _TICK)
+                    self.fill(o["client_order_id"], Decimal(o["qty"]) - Decimal(o["filled_qty"]), price)
+                self.prices[symbol] = _px(close)
+        self._market.notify_all()
+
     def resend(self, message: dict) -> None:
         "Send a stream message again, as a flaky connection might."
         self._broadcast(message)
 
-    def drop_stream(self) -> None:
-        "Close every websocket connection (the clients reconnect)."
+    def drop_stream(self, for_good: bool = False) -> None:
+        "Close every websocket connection (the clients reconnect, unless `for_good`: then it stays down)."
+        self._stream_down = for_good
         for ws in list(self._sockets):
             asyncio.run_coroutine_threadsafe(ws.close(1011, "going away"), self._loop)
 
     # shapes
 
     def _now(self) -> str:
-        return _stamp(self.clock.now())
+        return _stamp(self._market_now or self.clock.now())
 
     def _order(self, body: dict, client_order_id: str, replaces: str | None = None) -> dict:
         now = self._now()
@@ -182,8 +249,10 @@ class AlpacaFake:
         given = (headers.get("APCA-API-KEY-ID"), headers.get("APCA-API-SECRET-KEY"))
         if not all(given) or (self.keys is not None and given != tuple(self.keys)):
             return _err(401, 40110000, "request is not authorized")
+        if path == "/v2/account/activities/FILL":
+            self._polled()
         for f in self._faults:
-            if f.times > 0 and path.startswith(f.path):
+            if f.matches(method, path):
                 f.times -= 1
                 if f.status == 200:
                     return 200, None, {}
@@ -278,6 +347,9 @@ class AlpacaFake:
             asyncio.run_coroutine_threadsafe(ws.send(frame), self._loop)
 
     async def _serve_stream(self, ws: ServerConnection) -> None:
+        if self._stream_down:
+            await ws.close(1013, "try again later")
+            return
         try:
             auth = json.loads(await ws.recv())
             d = auth.get("data", {})
@@ -301,6 +373,7 @@ class AlpacaFake:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall each
 
             def _serve(self):
                 url = urlsplit(self.path)
@@ -308,8 +381,8 @@ class AlpacaFake:
                 size = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(size)) if size else None
                 status, out, extra = fake.answer(self.command, url.path, query, body, self.headers)
-                if fake._delay_times > 0 and url.path.startswith(fake._delay_path):
-                    fake._delay_times -= 1
+                if fake._slow.matches(self.command, url.path):
+                    fake._slow.times -= 1
                     time.sleep(fake._delay)  # the request took effect; its answer is late
                 data = b"" if out is None else json.dumps(out).encode()
                 try:

@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from ..audit import AuditTrail
-from ..core import AccountState, Bar, Decision, Order, OrderStatus, Side, SimulatedClock
+from ..core import AccountState, Bar, Broker, Decision, Order, OrderStatus, Side, SimulatedClock
 from ..execution.oms import OMS
 from ..execution.paper import PaperBroker
 from ..portfolio.ledger import Portfolio
+from ..portfolio.reconcile import Statement, reconcile
 from ..store import Store
 from .api import Costs, Panel, Strategy, StrategyError, rebalance
 from .vector import DEFAULT_GATE, DECISION_COLUMNS, BacktestResult
@@ -33,16 +34,18 @@ def _dec6(x: float) -> Decimal:
     return Decimal(f"{x:.6f}")  # the engines' GateLog spelling, so the gate sees the same numbers
 
 class PaperRunner:
-    "Trade target weights bar by bar through gate → OMS → PaperBroker → ledger, planning like the engines."
+    "Trade target weights bar by bar through gate → OMS → broker → ledger, planning like the engines."
 
     def __init__(self, store: Store, account: str, symbols: list[str], clock: SimulatedClock,
                  costs: Costs = Costs(), gate: Callable[[Order, AccountState], Decision] = DEFAULT_GATE,
-                 cash: Decimal | float | int = 100_000, broker: PaperBroker | None = None, strategy: str | None = None):
+                 cash: Decimal | float | int = 100_000, broker: Broker | None = None, strategy: str | None = None):
         self.store, self.account, self.symbols, self.clock, self.costs = store, account, list(symbols), clock, costs
         self.strategy = strategy
+        self.venue = broker is not None and not isinstance(broker, PaperBroker)  # a real broker: fills come later
         self.book = EngineLedger.open(store, account, opened_at=clock.now())
-        if not self.book.book.txn_ids:  # a new account: fund it
-            self.book.deposit(Decimal(str(cash)), ts=clock.now(), reason="paper trading capital")
+        if not self.book.book.txn_ids:  # a new account: fund it (at a real broker, with what the account holds there)
+            self.book.deposit(broker.cash() if self.venue else Decimal(str(cash)), ts=clock.now(),
+                              reason="trading capital at the broker" if self.venue else "paper trading capital")
         commission, slippage = costs.models()
         self.broker = broker or PaperBroker(clock, cash=self.ledger_cash(), positions=self.book.book.positions(),
                                             commission=commission, slippage=slippage, participation=None,
@@ -56,6 +59,10 @@ class PaperRunner:
         self.values: list[float] = []     # equity after each bar: the gate's start-of-day and peak equity
         self.marks = np.full(len(self.symbols), np.nan)
         self._n = int(store.scalar("SELECT count(*) FROM orders WHERE account = ?", [account]))
+        self._working: set[str] = set()  # client order ids sent and not yet finished
+        if self.venue:  # orders and fills an earlier run left behind: adopted and booked before anything is sent
+            self.oms.recover()
+            self._working = {r.client_order_id for r in self.oms.journal.open_orders(account, self.broker.name)}
 
     def _ask_gate(self, order: Order, state: AccountState) -> Decision:
         self._decision = self._gate(order, state)
@@ -84,33 +91,41 @@ class PaperRunner:
         self._n += 1
         order = Order(f"{self.account}-{self._n}", self.symbols[i], Side.BUY if shares > 0 else Side.SELL,
                       Decimal(abs(int(shares))), created_at=ts)
+        self._decision = None
         rec = self.oms.submit(order, strategy=self.strategy)
         approved = rec.status is not OrderStatus.REJECTED
-        reasons = "; ".join(self._decision.reasons) if self._decision is not None else rec.reason
+        gated = self._decision is not None and not self._decision.approved
+        reasons = "; ".join(self._decision.reasons) if gated else rec.reason if not approved else ""
         self.decisions.append((ts, self.symbols[i], int(shares), approved, reasons))
+        if approved:
+            self._working.add(rec.client_order_id)
         return approved
+
+    def _send_toward(self, ts, weights: np.ndarray, positions: np.ndarray, cash: float, o: np.ndarray, h: np.ndarray,
+                     lo: np.ndarray) -> bool:
+        "Plan with `rebalance` at prices `o` and send; as the engines, a refused order's symbol sits out and the rest is re-planned."
+        weights, approved, sent = weights.copy(), 0, False
+        while True:
+            orders = rebalance(positions, cash, weights, o, h, lo, self.marks, self.costs)
+            run_cash, run_pos = cash, positions.copy()
+            for n, (i, shares, price, fee) in enumerate(orders):
+                if n >= approved:
+                    if not self._submit(ts, i, shares, run_cash, run_pos, o):
+                        weights[i] = np.nan
+                        break
+                    approved, sent = approved + 1, True
+                run_cash -= shares * price + fee
+                run_pos[i] += shares
+            else:
+                return sent
 
     def step(self, ts, weights: np.ndarray | None, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
              v: np.ndarray) -> None:
         "One bar: at its open plan and send orders toward `weights` (decided at the last close), trade in it, mark it."
         ts = pd.Timestamp(ts).to_pydatetime()
         self.clock.set(ts)
-        sent = False
-        if weights is not None and not np.isnan(weights).all():
-            positions, cash, weights, approved = self.positions(), float(self.ledger_cash()), weights.copy(), 0
-            while True:  # as the engines: a refused order's symbol sits out and the rest is re-planned
-                orders = rebalance(positions, cash, weights, o, h, lo, self.marks, self.costs)
-                run_cash, run_pos = cash, positions.copy()
-                for n, (i, shares, price, fee) in enumerate(orders):
-                    if n >= approved:
-                        if not self._submit(ts, i, shares, run_cash, run_pos, o):
-                            weights[i] = np.nan
-                            break
-                        approved, sent = approved + 1, True
-                    run_cash -= shares * price + fee
-                    run_pos[i] += shares
-                else:
-                    break
+        sent = (weights is not None and not np.isnan(weights).all()
+                and self._send_toward(ts, weights, self.positions(), float(self.ledger_cash()), o, h, lo))
         for i, s in enumerate(self.symbols):
             if o[i] == o[i]:
                 self.broker.on_bar(Bar(s, ts, o[i], h[i], lo[i], c[i], v[i] if v[i] == v[i] else 0.0))
@@ -119,16 +134,59 @@ class PaperRunner:
         self.marks = np.where(c == c, c, self.marks)
         self.values.append(self.equity())
 
+    def pending(self) -> np.ndarray:
+        "Signed shares still to fill of this runner's working orders (unknown outcomes too), by symbol."
+        out = np.zeros(len(self.symbols), dtype=np.int64)
+        for coid in sorted(self._working):
+            rec = self.oms.order(coid)
+            if rec is None or rec.status.is_terminal:
+                self._working.discard(coid)
+            elif rec.symbol in self.symbols:
+                out[self.symbols.index(rec.symbol)] += rec.side.sign * int(rec.quantity - rec.filled_quantity)
+        return out
+
+    def close_step(self, ts, weights: np.ndarray | None, c: np.ndarray) -> None:
+        "At a real broker, at bar t's close: send orders toward `weights` (decided on it) at its close, then sync."
+        ts = pd.Timestamp(ts).to_pydatetime()
+        self.clock.set(ts)
+        self.marks = np.where(np.isnan(c), self.marks, c)
+        if weights is not None and not np.isnan(weights).all():
+            pending = self.pending()  # sent, not filled yet: counted, so nothing is sent twice
+            cash = float(self.ledger_cash()) - float(np.nansum(pending * self.marks))
+            n = len(self.symbols)  # the open is not known yet: plan at the close, slippage uncapped
+            self._send_toward(ts, weights, self.positions() + pending, cash, c, np.full(n, np.inf), np.zeros(n))
+        self.oms.sync()  # books the fills reported so far, each exactly once
+        self.values.append(self.equity())
+
+    def finish(self) -> pd.DataFrame:
+        "At the session's end at a real broker: cancel what still works, book the last fills; the breaks with the broker."
+        for coid in sorted(self._working):
+            self.oms.cancel(coid, "the session ended")
+        self.oms.sync()
+        self.pending()
+        return self.breaks()
+
+    def breaks(self) -> pd.DataFrame:
+        "Every difference between the ledger's positions and cash and the broker's (`reconcile`); empty: they agree."
+        broker = Statement(self.broker.positions(), {self.book.base_currency: self.broker.cash()})
+        return reconcile(self.book.book, broker)
+
     def decisions_frame(self) -> pd.DataFrame:
         "Every decision as the engines list them: the orders placed, then the refused ones, stably by time."
         rows = [r for r in self.decisions if r[3]] + [r for r in self.decisions if not r[3]]
         out = pd.DataFrame(rows, columns=DECISION_COLUMNS)
         return out.sort_values("ts", kind="stable", ignore_index=True)
 
-    def check(self) -> None:
-        "Ledger, broker and recorded fills must agree to the cent and the share."
+    def check(self, breaks: pd.DataFrame | None = None) -> None:
+        "Ledger, broker and recorded fills must agree to the cent and the share (`breaks`: `finish()`'s, at a real broker)."
         if self.oms.anomalies:
             raise StrategyError(f"{self.account}: OMS anomalies: {self.oms.anomalies[-3:]}")
+        if breaks is not None and len(breaks):
+            rows = "; ".join(f"{r.kind} {r.item}: ledger {r.ledger}, broker {r.broker}" for r in breaks.itertuples())
+            raise StrategyError(f"{self.account}: the ledger breaks with {self.broker.name}: {rows}",
+                                hint="nothing was changed: see the orders, fills and the broker's statement")
+        if self.venue:
+            return
         if self.book.book.positions() != self.broker.positions() or self.ledger_cash() != self.broker.cash():
             raise StrategyError(f"{self.account}: ledger {self.book.book.positions()} {self.ledger_cash()} disagrees "
                                 f"with the broker {self.broker.positions()} {self.broker.cash()}")
