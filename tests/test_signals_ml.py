@@ -29,11 +29,11 @@ from bifrost.signals.ml import (
     walk_forward_splits,
 )
 from bifrost.store import connect
-from bifrost.strategy.api import Costs, Panel
+from bifrost.strategy.api import Costs, Panel, StrategyError
 from bifrost.strategy.backtrader import parity, run_backtrader
 from bifrost.strategy.paper import run_paper
 from bifrost.strategy.vector import grid, run_sweep, run_vectorized
-from bifrost.strategy.versions import list_versions
+from bifrost.strategy.versions import list_versions, promoted
 
 FS = FeatureSet(horizons=(1, 5, 21), vol_windows=(21,), momentum=(63, 5))
 CLOCK = SimulatedClock(pd.Timestamp("2021-01-04 22:00", tz="UTC"))
@@ -141,7 +141,7 @@ def test_run_is_tracked(registry):
     assert {"ic", "rank_ic", "hit_rate"} <= set(run.data.metrics)
 
 
-def test_promotion_is_recorded_like_a_strategy_version(store_url, registry):
+def test_promotion_is_recorded_like_a_strategy_version(store_url, registry, monkeypatch):
     uri, ds, _, _ = registry
     store = connect(store_url)
     assert promote_challenger(store, "m", CLOCK, reason="first", uri=uri) == 1
@@ -155,6 +155,12 @@ def test_promotion_is_recorded_like_a_strategy_version(store_url, registry):
     assert promoted_signal(store, "m", uri=uri, top=2).model.version == second.version
     versions = list_versions(store, "MLSignal:m")
     assert len(versions) == 2 and versions.promoted.sum() == 1
+    monkeypatch.setenv("BIFROST_MLFLOW_URI", uri)
+    rebuilt = promoted(store, "MLSignal:m")  # what a trading session builds from the store alone
+    assert (rebuilt.model.version, rebuilt.model.run_id) == (second.version, second.run_id)
+    assert rebuilt.values == {"top": 1, "threshold": 0.0, "every": 5}
+    with pytest.raises(StrategyError, match="not run"):  # another registry's model under the same name and version
+        MLSignal(model="m", version=second.version, uri=uri, run_id="0" * 32)
     # put the registry back as the other tests expect it
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)

@@ -5,7 +5,6 @@
 # %% ../../nbs/09a1_signals.ml.ipynb #23a919dc
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pkgutil
@@ -323,27 +322,22 @@ def _strategy_name(name: str) -> str:
 def promote_challenger(store: Store, name: str, clock: Clock, reason: str = "", uri: str | None = None) -> int:
     "Make `name@challenger` the champion; the promotion is recorded in the store like a strategy's. Returns the model version."
     from bifrost.signals import ml as installed  # the package's class (a notebook's own has no source file to hash)
-    from bifrost.strategy.versions import code_hash, promote
-    code = code_hash(installed.MLSignal)
+    from bifrost.strategy.versions import promote, register
     uri = tracking_uri(uri)
-    challenger = load_model(name, "challenger", uri=uri)
-    params = {"model": name, "model_version": challenger.version, "run_id": challenger.run_id}
-    version = hashlib.sha256(json.dumps({"code": code, **params}, sort_keys=True).encode()).hexdigest()[:12]
-    store.upsert("strategy_versions", pd.DataFrame([{
-        "version": version, "name": _strategy_name(name), "class_path": "bifrost.signals.ml:MLSignal",
-        "params": json.dumps(params, sort_keys=True), "code_hash": code,
-        "registered_at": pd.Timestamp(clock.now()), "note": f"MLflow model {name} version {challenger.version}"}]),
-        ["version"], update=False)
+    challenger = installed.MLSignal(model=name, alias="challenger", uri=uri)
+    version = register(store, challenger, clock, _strategy_name(name),
+                       note=f"MLflow model {name} version {challenger.model.version}")
     promote(store, _strategy_name(name), version, clock, reason)
-    MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(name, "champion", str(challenger.version))
-    return challenger.version
+    MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(name, "champion",
+                                                                                str(challenger.model.version))
+    return challenger.model.version
 
 def model_promotions(store: Store, name: str) -> pd.DataFrame:
     "The champion history of model `name`, oldest first: when each model version was promoted, and why."
     from bifrost.strategy.versions import promotions
     history = promotions(store, _strategy_name(name))
     versions = store.query("SELECT version, params FROM strategy_versions WHERE name = ?", [_strategy_name(name)])
-    model_version = {v: json.loads(p)["model_version"] for v, p in zip(versions.version, versions.params)}
+    model_version = {v: json.loads(p)["version"] for v, p in zip(versions.version, versions.params)}
     return history.assign(model_version=history.version.map(model_version))
 
 # %% ../../nbs/09a1_signals.ml.ipynb #dd8123b4
@@ -356,12 +350,20 @@ class MLSignal(Strategy):
     every = Param(5, 1, 63, doc="bars between decisions")
 
     def __init__(self, model: str | None = None, alias: str | None = None, version: int | None = None,
-                 uri: str | None = None, **params):
+                 uri: str | None = None, run_id: str | None = None, **params):
         super().__init__(**params)
         name = model or type(self).model_name
         if name is None:
             raise StrategyError("MLSignal needs a registered model name", hint="MLSignal(model='name') or MLSignal.bind('name')")
         self.model = load_model(name, alias or type(self).model_alias, version, uri)
+        if run_id is not None and self.model.run_id != run_id:  # the registry this reads is not the one it was built on
+            raise StrategyError(f"model {name} version {self.model.version} is run {self.model.run_id} here, "
+                                f"not run {run_id}", hint="point BIFROST_MLFLOW_URI at the registry the version came from")
+
+    def spec(self) -> dict:
+        "The exact model (name, registry version, training run) and the parameters: what a strategy version records."
+        m = self.model
+        return {"model": m.name, "version": m.version, "run_id": m.run_id, **self.values}
 
     @classmethod
     def bind(cls, model: str, alias: str = "champion") -> type["MLSignal"]:

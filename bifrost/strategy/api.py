@@ -131,6 +131,10 @@ class Strategy:
     def validate(self) -> None:
         "Check relations between parameters (override; raise `StrategyError`)."
 
+    def spec(self) -> dict:
+        "The keyword arguments that rebuild this strategy exactly: its parameters (a subclass adds what else it was built from)."
+        return dict(self.values)
+
     @property
     def warmup(self) -> int:
         "Bars needed for the first decision."

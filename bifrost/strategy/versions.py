@@ -26,7 +26,7 @@ from .api import Panel, Strategy, StrategyError
 
 # %% auto #0
 __all__ = ['STAGES', 'code_hash', 'strategy_version', 'register', 'list_versions', 'promotions', 'Promotion', 'current_promotion',
-           'live_readiness', 'promote', 'promoted', 'rollback', 'data_hash', 'run_manifest']
+           'live_readiness', 'promote', 'build_version', 'promoted', 'rollback', 'data_hash', 'run_manifest']
 
 # %% ../../nbs/08g_strategy.versions.ipynb #05c743ca
 def code_hash(cls: type) -> str:
@@ -43,7 +43,7 @@ def code_hash(cls: type) -> str:
 
 def strategy_version(strategy: Strategy) -> str:
     "The version of `strategy`: 12 hex digits of the hash of its code and parameters."
-    payload = json.dumps({"code": code_hash(type(strategy)), "params": strategy.values}, sort_keys=True)
+    payload = json.dumps({"code": code_hash(type(strategy)), "params": strategy.spec()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 # %% ../../nbs/08g_strategy.versions.ipynb #3c18bbb1
@@ -55,7 +55,7 @@ def register(store: Store, strategy: Strategy, clock: Clock, name: str | None = 
     version = strategy_version(strategy)
     store.upsert("strategy_versions", pd.DataFrame([{
         "version": version, "name": name or type(strategy).__name__, "class_path": _class_path(type(strategy)),
-        "params": json.dumps(strategy.values, sort_keys=True), "code_hash": code_hash(type(strategy)),
+        "params": json.dumps(strategy.spec(), sort_keys=True), "code_hash": code_hash(type(strategy)),
         "registered_at": pd.Timestamp(clock.now()), "note": note}]), ["version"], update=False)
     return version
 
@@ -148,16 +148,22 @@ def _record(store: Store, name: str, version: str, stage: str, clock: Clock, rea
             "name": name, "seq": int(seq) + 1, "version": version, "promoted_at": pd.Timestamp(clock.now()),
             "reason": reason, "stage": stage}]), ["name", "seq"])
 
-def promoted(store: Store, name: str) -> Strategy:
-    "The promoted version of `name`, built and checked against its recorded hash."
+def build_version(store: Store, version: str) -> Strategy:
+    "Strategy `version` rebuilt from its registration, refused if its code (or what it was built from) changed since."
     from bifrost.strategy.api import load_strategy
-    version = current_promotion(store, name).version
-    row = store.query("SELECT class_path, params FROM strategy_versions WHERE version = ?", [version]).iloc[0]
-    strategy = load_strategy(row.class_path)(**json.loads(row.params))
+    row = store.query("SELECT class_path, params FROM strategy_versions WHERE version = ?", [version])
+    if row.empty:
+        raise StrategyError(f"no registered strategy version {version!r}", hint="see `bifrost strategy list`")
+    path = row.class_path.iat[0]
+    strategy = load_strategy(path)(**json.loads(row.params.iat[0]))
     if strategy_version(strategy) != version:
-        raise StrategyError(f"the code of {row.class_path} changed since version {version} was promoted",
+        raise StrategyError(f"the code of {path} changed since version {version} was registered",
                             hint="register and promote the new version, or restore the code")
     return strategy
+
+def promoted(store: Store, name: str) -> Strategy:
+    "The promoted version of `name`, built and checked against its recorded hash."
+    return build_version(store, current_promotion(store, name).version)
 
 def rollback(store: Store, name: str, clock: Clock, reason: str = "rollback") -> str:
     "Promote again the version promoted before the current one, at the stage it had then; returns it."
