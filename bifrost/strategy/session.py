@@ -128,6 +128,8 @@ def _live_steps(store: Store, strat: Strategy, symbols: list[str], session: date
         yield ts, decided, bar
         decided = now
 
+
+# %% ../../nbs/08i_strategy.session.ipynb #9d71a4d0
 def session_broker(name: str = "paper", endpoint: str = "paper", stream_url: str = "") -> Broker | None:
     "The broker a session trades through: `paper` (None: the simulated one) or `alpaca` at `endpoint`; keys from the environment."
     if name == "paper":
@@ -140,9 +142,50 @@ def session_broker(name: str = "paper", endpoint: str = "paper", stream_url: str
         raise StrategyError(f"endpoint must be 'paper', 'live' or a base URL, was {endpoint!r}")
     return AlpacaBroker(url_override=endpoint, stream_url=stream_url or None)
 
+
+# %% ../../nbs/08i_strategy.session.ipynb #496916b1
+def _version_of(store: Store, name: str, version: str | None) -> str:
+    "`version`, or the one promoted last for `name`."
+    if version is not None:
+        return version
+    history = promotions(store, name)
+    if history.empty:
+        promoted(store, name)  # raises the usual 'no version promoted' error
+    return history.version.iloc[-1]
+
+def _earlier(store: Store, account: str, session: date, resume: bool) -> dict:
+    "Where an earlier run of this session started from; a session done is refused, and one running unless `resume`."
+    row = store.query("SELECT status, summary FROM trading_sessions WHERE account = ? AND session = ?",
+                      [account, session])
+    status = None if row.empty else row.status.iat[0]
+    if status == "done" or status == "running" and not resume:
+        raise StrategyError(f"{account} already has a {status} session on {session}",
+                            hint="a session is traded once; see its parity report (resume=True takes over a "
+                                 "running one whose process died)")
+    info = {} if row.empty else json.loads(row.summary.iat[0])
+    return {k: info[k] for k in ("start_cash", "start_positions", "start_equity") if k in info}
+
+def _trade_bars(runner: PaperRunner, steps, info: dict, note, progress: str | None) -> int:
+    "Trade each bar `steps` yields (at a real broker at its close, else at its open); returns how many."
+    n = 0
+    for ts, weights, (o, h, lo, c, v) in steps:
+        if "start_equity" not in info:
+            runner.marks = o.copy()  # what the account is worth as the session opens
+            info["start_equity"] = repr(runner.equity())
+            note()
+        if runner.venue:
+            runner.close_step(ts, weights, c)
+        else:
+            runner.step(ts, weights, o, h, lo, c, v)
+        n += 1
+        if progress and n % 60 == 0:
+            print(f"\r{progress} bar {n}", end="", flush=True)
+    return n
+
 def trade_session(store: Store, account: str, session: date, *, strategy: str | None = None,
                   version: str | None = None, mode: str = "replay", bar_size: str = "1min",
-                  cash: float = 100_000.0, costs: Costs = Costs(), clock: Clock | None = None, broker=None,
+                  cash: float = 100_000.0, costs: Costs = Costs(), clock: Clock | None = None,
+                  broker: Broker | None = None,  # None: the paper broker; a real one (AlpacaBroker) trades live
                   progress: bool = True, symbols: Sequence[str] | None = None, stream_url: str | None = None,
                   idle: float = 30.0, run_id: str | None = None, resume: bool = False) -> SessionSummary:
     "Trade one `session` of the promoted (or given) version of `strategy` for `account`; record it in `trading_sessions`."
@@ -161,63 +204,38 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
     if not name or not symbols:
         raise StrategyError(f"account {account!r} has no earlier session to take its strategy and symbols from",
                             hint="pass strategy= and symbols= on its first session")
-    if version is None:
-        history = promotions(store, name)
-        if history.empty:
-            promoted(store, name)  # raises the usual 'no version promoted' error
-        version = history.version.iloc[-1]
+    version = _version_of(store, name, version)
     strat = _strategy_of(store, version)
-    done = store.query("SELECT status, summary FROM trading_sessions WHERE account = ? AND session = ?",
-                       [account, session])
-    earlier = {} if done.empty else json.loads(done.summary.iat[0])
-    if not done.empty and done.status.iat[0] == "done" or not done.empty and done.status.iat[0] == "running" and not resume:
-        raise StrategyError(f"{account} already has a {done.status.iat[0]} session on {session}",
-                            hint="a session is traded once; see its parity report (resume=True takes over a "
-                                 "running one whose process died)")
+    info = {"strategy": name, "symbols": symbols, "bar_size": bar_size, "costs": asdict(costs),
+            **_earlier(store, account, session, resume), **({"broker": broker.name} if venue else {})}
     if mode == "replay":
         steps = _replay_steps(store, strat, symbols, session, bar_size)
     else:  # at a real broker orders go out at the close they were decided on; the paper broker fills at the next open
         steps = (_streamed if venue else _live_steps)(store, strat, symbols, session, bar_size, stream_url, idle)
     start, end = _day(session)
     clock = clock or SimulatedClock(start.to_pydatetime())  # market time: set to each bar as it is traded
-    info = {"strategy": name, "symbols": symbols, "bar_size": bar_size, "costs": asdict(costs),
-            **{k: earlier[k] for k in ("start_cash", "start_positions", "start_equity") if k in earlier}}
-    if venue:
-        info["broker"] = broker.name
-    row = [account, session, version, mode, clock.now(), run_id]
     with store.transaction():
         store.execute("DELETE FROM trading_sessions WHERE account = ? AND session = ?", [account, session])
         store.execute("INSERT INTO trading_sessions (account, session, strategy_version, mode, status, started_at, "
-                      "run_id, summary) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)", [*row, _dumps(info)])
+                      "run_id, summary) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                      [account, session, version, mode, clock.now(), run_id, _dumps(info)])
     note = lambda: store.execute("UPDATE trading_sessions SET summary = ? WHERE account = ? AND session = ?",
                                  [_dumps(info), account, session])
     streamed: list = []  # fills the broker's trade-updates stream delivered (the fast path; polling is the record)
     runner = None
     try:
         with store.session():
-            gate = load_gate(store, account, start)
-            runner = PaperRunner(store, account, symbols, clock, costs, gate, cash, broker=broker, strategy=version)
+            runner = PaperRunner(store, account, symbols, clock, costs, load_gate(store, account, start), cash,
+                                 broker=broker, strategy=version)
             if "start_cash" not in info:  # kept in the row at once, so a re-run after a crash compares from here
                 info.update(start_cash=str(runner.ledger_cash()),
                             start_positions={k: str(v) for k, v in runner.book.book.positions().items()})
                 note()
             if venue:  # the ledger must hold what the broker holds before anything is decided on it
                 _reconciled(runner, info, runner.breaks())
-            if venue and hasattr(broker, "start_stream"):
-                broker.start_stream(on_fill=streamed.append)
-            n = 0
-            for ts, weights, (o, h, lo, c, v) in steps:
-                if "start_equity" not in info:
-                    runner.marks = o.copy()  # what the account is worth as the session opens
-                    info["start_equity"] = repr(runner.equity())
-                    note()
-                if venue:
-                    runner.close_step(ts, weights, c)
-                else:
-                    runner.step(ts, weights, o, h, lo, c, v)
-                n += 1
-                if progress and n % 60 == 0:
-                    print(f"\r{account} {session} bar {n}", end="", flush=True)
+                if hasattr(broker, "start_stream"):
+                    broker.start_stream(on_fill=streamed.append)
+            n = _trade_bars(runner, steps, info, note, f"{account} {session}" if progress else None)
             if n == 0:
                 raise StrategyError(f"no bars of {symbols} came for {session}")
             if venue:
@@ -239,9 +257,8 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
     pnl = (Decimal(repr(runner.values[-1])) - Decimal(info["start_equity"])).quantize(Decimal("0.01"))
     fills = len(traded_fills(store, account, start, end))
     summary = SessionSummary(account, session, version, mode, len(d), fills, sum(not r[3] for r in d), pnl, "done")
-    info.update(orders=summary.orders, fills=summary.fills, refused=summary.refused, pnl=str(pnl), bars=n)
-    if venue:
-        info["stream_fills"] = len(streamed)
+    info.update(orders=summary.orders, fills=summary.fills, refused=summary.refused, pnl=str(pnl), bars=n,
+                **({"stream_fills": len(streamed)} if venue else {}))
     store.execute("UPDATE trading_sessions SET status = 'done', ended_at = ?, summary = ? WHERE account = ? AND "
                   "session = ?", [clock.now(), _dumps(info), account, session])
     if progress:
@@ -270,7 +287,6 @@ def _cancel_working(runner: PaperRunner) -> None:
         runner.finish()
     except Exception as err:  # noqa: BLE001 — the session's own error is the one to report
         print(f"could not cancel the open orders of {runner.account}: {type(err).__name__}: {err}")
-
 
 # %% ../../nbs/08i_strategy.session.ipynb #84b1bfff
 class MarketDataFake:
