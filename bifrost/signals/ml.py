@@ -128,6 +128,15 @@ def make_model(kind: str = "lightgbm", seed: int = 0, **params):
                                 "colsample_bytree": 0.8, "random_state": seed, "n_jobs": 1, "verbose": -1, **params})
     raise SignalError(f"unknown model kind {kind!r}", hint="use 'ridge', 'forest' or 'lightgbm', or pass any scikit-learn regressor")
 
+def _cross_sectional_rank_ic(frame: pd.DataFrame) -> pd.Series:
+    "Spearman's rho of `p` and `r` within each bar (Pearson's r of tie-averaged ranks), bars of 3+ rows that vary."
+    bars = frame.index.get_level_values("ts")
+    ranks = frame.groupby(bars).rank()
+    dev = ranks - ranks.groupby(bars).transform("mean")
+    sums = pd.DataFrame({"pr": dev.p * dev.r, "pp": dev.p ** 2, "rr": dev.r ** 2}).groupby(bars).agg(["sum", "size"])
+    ok = (sums["pr", "size"] >= 3) & (sums["pp", "sum"] > 0) & (sums["rr", "sum"] > 0)
+    return (sums["pr", "sum"] / np.sqrt(sums["pp", "sum"] * sums["rr", "sum"]))[ok]
+
 def signal_metrics(pred: pd.Series, y: pd.Series) -> dict[str, float]:
     "IC, rank IC and hit rate of predictions against labels (same index), and the mean per-bar cross-sectional rank IC."
     p, r = np.asarray(pred, np.float64), np.asarray(y, np.float64)
@@ -135,9 +144,7 @@ def signal_metrics(pred: pd.Series, y: pd.Series) -> dict[str, float]:
         return {"ic": float("nan"), "rank_ic": float("nan"), "hit_rate": float("nan"), "cs_rank_ic": float("nan"),
                 "rows": len(p)}
     moved = r != 0
-    frame = pd.DataFrame({"p": p, "r": r}, index=pred.index)
-    by_bar = frame.groupby(level="ts").filter(lambda g: len(g) >= 3 and g.p.nunique() > 1 and g.r.nunique() > 1)
-    cs = by_bar.groupby(level="ts").apply(lambda g: stats.spearmanr(g.p, g.r).statistic) if len(by_bar) else pd.Series()
+    cs = _cross_sectional_rank_ic(pd.DataFrame({"p": p, "r": r}, index=pred.index))
     return {"ic": float(np.corrcoef(p, r)[0, 1]), "rank_ic": float(stats.spearmanr(p, r).statistic),
             "hit_rate": float((np.sign(p[moved]) == np.sign(r[moved])).mean()),
             "cs_rank_ic": float(cs.mean()) if len(cs) else float("nan"), "rows": len(p)}
