@@ -466,13 +466,21 @@ def trade(account: str, session: str = typer.Option(..., help="The session date,
           symbols: Optional[str] = typer.Option(None, help="Comma-separated (needed for an account's first session)."),
           version: Optional[str] = typer.Option(None, help="Default: the promoted version."),
           mode: str = typer.Option("replay", help="replay (stored bars, paper broker) or live (streamed bars)."),
-          stream_url: Optional[str] = typer.Option(None, help="Market-data stream URL for live mode.")):
+          stream_url: Optional[str] = typer.Option(None, help="Market-data stream URL for live mode."),
+          broker: str = typer.Option("paper", help="paper (simulated fills) or alpaca (live mode; keys from the "
+                                                   "environment)."),
+          endpoint: str = typer.Option("paper", help="Alpaca's paper account, live (real money: only a version "
+                                                     "promoted to live), or a base URL."),
+          trade_updates_url: Optional[str] = typer.Option(None, help="The broker's trade-updates websocket, if not "
+                                                                     "its own."),
+          resume: bool = typer.Option(False, help="Take over this session from a process that died.")):
     "Trade one session of a strategy version for an account."
-    from bifrost.strategy.session import trade_session
+    from bifrost.strategy.session import session_broker, trade_session
     s = trade_session(_store(), account, pd.Timestamp(session).date(), strategy=strategy, version=version, mode=mode,
                       clock=LiveClock() if mode == "live" else None,
                       symbols=[x.strip().upper() for x in symbols.split(",")] if symbols else None,
-                      stream_url=stream_url)
+                      stream_url=stream_url, broker=session_broker(broker, endpoint, trade_updates_url or ""),
+                      resume=resume)
     typer.echo(f"{s.account} {s.session} [{s.mode}] version {s.version}: {s.orders} orders, {s.fills} fills, "
                f"{s.refused} refused by the gate, P&L {s.pnl} — {s.status}")
 

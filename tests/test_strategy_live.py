@@ -29,7 +29,7 @@ from bifrost.portfolio.ledger import Portfolio
 from bifrost.risk.limits import Limits, save_limits
 from bifrost.store import connect
 from bifrost.strategy.api import MeanReversion, StrategyError
-from bifrost.strategy.session import MarketDataFake, parity_report, trade_session
+from bifrost.strategy.session import MarketDataFake, _version_of, parity_report, real_money, trade_session
 from bifrost.strategy.versions import promote, register
 
 KEYS = ("live-key", "live-secret")
@@ -271,3 +271,20 @@ def test_live_session_when_broker_holds_what_the_ledger_does_not_then_nothing_se
         assert ("POST", "/v2/orders") not in fake.requests
     info = json.loads(live.scalar("SELECT summary FROM trading_sessions"))
     assert [(b["kind"], b["item"], b["broker"]) for b in info["breaks"]] == [("missing_in_ledger", "SPY", "10")]
+
+
+def test_real_money_trades_only_the_version_promoted_to_live(live, day_bars):
+    "A broker's real-money account refuses a version promoted to paper, before any order; the live gate lets it in."
+    version = live.query("SELECT version FROM strategy_versions").version.iat[0]
+    with AlpacaFake(cash=100_000, keys=KEYS) as fake:
+        real = AlpacaBroker(paper=False, url_override=fake.url, timeout=1.0)
+        with pytest.raises(StrategyError, match="may not trade real money: mr's promoted version is .* at stage paper"):
+            trade_session(live, "acct", DAY, strategy="mr", symbols=["SPY"], mode="live", broker=real,
+                          stream_url="ws://127.0.0.1:9", idle=0.1, progress=False)
+        assert fake.requests == [] and live.query("SELECT * FROM trading_sessions").empty
+        promote(live, "mr", version, SimulatedClock(T0), "go live", to="live", override="tested on the fake venue")
+        assert real_money(real) and not real_money(AlpacaBroker(url_override=fake.url)) and not real_money(None)
+        assert _version_of(live, "mr", None, live=True) == version  # the session runs as in the tests above
+        other = register(live, MeanReversion(window=30, entry=1.5), SimulatedClock(T0), name="mr")
+        with pytest.raises(StrategyError, match=f"mr {other} may not trade real money"):
+            _version_of(live, "mr", other, live=True)  # a version given by hand is not the one that passed the gate

@@ -85,6 +85,7 @@ class IBBroker:
             util.startLoop()  # in Jupyter: ib_insync's blocking calls run inside the kernel's loop
         self.ib = ib or IB()
         self.host, self.port, self.client_id, self.account = host, port, client_id, account
+        self.paper = port in (7497, 4002)  # TWS and IB Gateway's paper ports; any other port may be real money
         self.exchange, self.currency = exchange, currency
         self.ack_timeout, self.connect_timeout = ack_timeout, connect_timeout
 

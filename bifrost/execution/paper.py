@@ -49,6 +49,7 @@ def _price(x) -> Decimal:
 class PaperBroker:
     "A simulated broker filling orders against the bars it is fed; implements `bifrost.core.Broker`."
     name = "paper"
+    paper = True  # no real money: any strategy version may trade here
 
     def __init__(self,
                  clock: Clock,  # when orders are accepted and expire

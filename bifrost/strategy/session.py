@@ -27,14 +27,14 @@ from ..execution.alpaca import AlpacaBroker, alpaca_keys
 from ..execution.alpaca_fake import AlpacaFake
 from ..execution.paper import PaperBroker
 from ..store import Store
-from .api import FIELDS, Costs, Panel, Strategy, StrategyError, load_strategy
+from .api import FIELDS, Costs, Panel, Strategy, StrategyError
 from .paper import PaperRunner
 from .vector import run_vectorized
-from .versions import promoted, promotions, strategy_version
+from .versions import build_version, current_promotion
 
 # %% auto #0
-__all__ = ['REPORT_COLUMNS', 'CENT', 'SessionSummary', 'session_bars', 'session_broker', 'trade_session', 'MarketDataFake',
-           'stream_bars', 'traded_fills', 'compare_trades', 'parity_report']
+__all__ = ['REPORT_COLUMNS', 'CENT', 'SessionSummary', 'session_bars', 'session_broker', 'real_money', 'trade_session',
+           'MarketDataFake', 'stream_bars', 'traded_fills', 'compare_trades', 'parity_report']
 
 # %% ../../nbs/08i_strategy.session.ipynb #3bb1e4f6
 @dataclass(frozen=True, slots=True)
@@ -49,15 +49,6 @@ class SessionSummary:
     refused: int
     pnl: Decimal
     status: str
-
-def _strategy_of(store: Store, version: str) -> Strategy:
-    row = store.query("SELECT class_path, params FROM strategy_versions WHERE version = ?", [version])
-    if row.empty:
-        raise StrategyError(f"no registered strategy version {version!r}", hint="see `bifrost strategy list`")
-    strategy = load_strategy(row.class_path.iat[0])(**json.loads(row.params.iat[0]))
-    if strategy_version(strategy) != version:
-        raise StrategyError(f"the code of {row.class_path.iat[0]} changed since version {version} was registered")
-    return strategy
 
 def _last_session(store: Store, account: str) -> dict | None:
     df = store.query("SELECT summary FROM trading_sessions WHERE account = ? AND status = 'done' "
@@ -144,14 +135,21 @@ def session_broker(name: str = "paper", endpoint: str = "paper", stream_url: str
 
 
 # %% ../../nbs/08i_strategy.session.ipynb #496916b1
-def _version_of(store: Store, name: str, version: str | None) -> str:
-    "`version`, or the one promoted last for `name`."
-    if version is not None:
+def real_money(broker: Broker | None) -> bool:
+    "Whether `broker` trades real money: unless it says `paper = True` (the paper broker, a paper account), it does."
+    return broker is not None and not getattr(broker, "paper", False)
+
+def _version_of(store: Store, name: str, version: str | None, live: bool) -> str:
+    "`version`, or the one promoted last for `name`; real money (`live`) trades only the version promoted to live."
+    if version is not None and not live:
         return version
-    history = promotions(store, name)
-    if history.empty:
-        promoted(store, name)  # raises the usual 'no version promoted' error
-    return history.version.iloc[-1]
+    now = current_promotion(store, name)
+    if live and (now.stage != "live" or (version or now.version) != now.version):
+        raise StrategyError(f"{name} {version or now.version} may not trade real money: {name}'s promoted version is "
+                            f"{now.version}, at stage {now.stage}",
+                            hint=f"pass the promotion gate (bifrost strategy promote {name} VERSION --to live), "
+                                 "or trade the broker's paper account")
+    return version or now.version
 
 def _earlier(store: Store, account: str, session: date, resume: bool) -> dict:
     "Where an earlier run of this session started from; a session done is refused, and one running unless `resume`."
@@ -204,8 +202,8 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
     if not name or not symbols:
         raise StrategyError(f"account {account!r} has no earlier session to take its strategy and symbols from",
                             hint="pass strategy= and symbols= on its first session")
-    version = _version_of(store, name, version)
-    strat = _strategy_of(store, version)
+    version = _version_of(store, name, version, real_money(broker))
+    strat = build_version(store, version)
     info = {"strategy": name, "symbols": symbols, "bar_size": bar_size, "costs": asdict(costs),
             **_earlier(store, account, session, resume), **({"broker": broker.name} if venue else {})}
     if mode == "replay":
@@ -475,7 +473,7 @@ def parity_report(store: Store, account: str, session: date) -> pd.DataFrame:
     if any(Decimal(q) for q in info["start_positions"].values()):
         raise StrategyError(f"{account} started {session} holding {info['start_positions']}: the backtest starts flat",
                             hint="parity is checked on sessions that start flat (the examples end each session flat)")
-    strategy, version = _strategy_of(store, row.strategy_version.iat[0]), row.strategy_version.iat[0]
+    strategy, version = build_version(store, row.strategy_version.iat[0]), row.strategy_version.iat[0]
     panel = session_bars(store, info["symbols"], session, info["bar_size"])
     gate = load_gate(store, account, panel.index[0])
     bt = run_vectorized(strategy, panel, cash=float(Decimal(info["start_cash"])), costs=Costs(**info["costs"]),
