@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ from bifrost.risk.limits import open_alerts, raise_alerts
 from bifrost.signals.news import (AlpacaNewsStub, NewsError, ingest_news, news_asof,
                                   news_dropped, normalise_text, read_alpaca_news, read_news_file, read_rss, sample_news)
 from bifrost.signals.news_signals import daily_sentiment, decision_times, sentiment_alerts
+from bifrost.signals.text import SAMPLE_NEWS
 
 DEV = Path(os.environ.get("BIFROST_NEWS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "news"))
 needs_dev = pytest.mark.skipif(not (DEV / "bbc_business_rss_headlines_2022-2024.csv").exists(),
@@ -155,7 +157,39 @@ def test_jsonl_reader(tmp_path):
         read_news_file(path, "j", published="when", headline="h")
 
 
-# --- RSS: a recorded feed built from real BBC RSS items, served from a loopback server -----------------------------
+# --- RSS: recorded feeds served from a loopback server ------------------------------------------------------------
+
+@contextmanager
+def served(folder: Path):
+    "A loopback HTTP server of the files in `folder`; yields its base URL."
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(folder), **k)
+        def log_message(self, *a):
+            pass
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown(); server.server_close()
+
+
+def test_rss_two_recorded_pulls_of_the_fed_feed_overlap_and_dedup_by_guid(store):
+    "The Fed's monetary-policy feed as pulled in July 2015 and January 2016 (shipped: US government work)."
+    with served(Path(str(SAMPLE_NEWS))) as url:
+        first, second = (read_rss(f"{url}/fed_press_monetary_{day}.xml", "fed") for day in ("2015-07-09", "2016-01-07"))
+    assert (len(first), len(second)) == (8, 10) and first.published_at.notna().all()
+    assert first.published_at.max() == pd.Timestamp("2015-07-08 18:00", tz="UTC")  # 2 pm New York, summer time
+    r1 = ingest_news(store, first, SimulatedClock(at("2015-07-09 12:00")))
+    r2 = ingest_news(store, second, SimulatedClock(at("2016-01-07 12:00")))
+    assert (r1.stored, r2.stored, dict(r2.dropped)) == (8, 8, {"duplicate": 2})  # June's two items came again
+    items = news_asof(store, at("2016-01-07 12:00"))
+    assert len(items) == 16 and (items.headline == "Federal Reserve issues FOMC statement").sum() == 8  # same title, 8 stories
+    assert len(news_asof(store, at("2015-12-16 21:00"))) == 8  # the December hike was not ingested until January
+
+
+# --- RSS: a recorded feed built from real BBC RSS items ----------------------------------------------------------
 
 def bbc_feed(rows: pd.DataFrame) -> str:
     items = "".join(f"<item><title>{escape(r.title)}</title><link>{escape(r.link)}</link>"
@@ -172,18 +206,8 @@ def test_rss_recorded_feed_dedups_by_guid(store, tmp_path):
     edited = repeated.groupby("guid").title.nunique().loc[lambda n: n > 1].index[:5]
     sample = pd.concat([bbc.iloc[:40], repeated[repeated.guid.isin(edited)]]).drop_duplicates()
     (tmp_path / "feed.xml").write_text(bbc_feed(sample), encoding="utf-8")
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(tmp_path), **k)
-        def log_message(self, *a):
-            pass
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        raw = read_rss(f"http://127.0.0.1:{server.server_address[1]}/feed.xml", "bbc")
-    finally:
-        server.shutdown(); server.server_close()
+    with served(tmp_path) as url:
+        raw = read_rss(f"{url}/feed.xml", "bbc")
     assert len(raw) == len(sample) and raw.published_at.notna().all()
     r = ingest_news(store, raw, SimulatedClock(at("2025-01-01")))
     assert r.accounted and r.stored == sample.guid.nunique()
