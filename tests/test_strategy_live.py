@@ -29,7 +29,8 @@ from bifrost.portfolio.ledger import Portfolio
 from bifrost.risk.limits import Limits, save_limits
 from bifrost.store import connect
 from bifrost.strategy.api import MeanReversion, StrategyError
-from bifrost.strategy.session import MarketDataFake, _version_of, parity_report, real_money, trade_session
+from bifrost.strategy.session import _version_of, parity_report, real_money, trade_session
+from bifrost.strategy.stream import MarketDataFake
 from bifrost.strategy.versions import promote, register
 
 KEYS = ("live-key", "live-secret")

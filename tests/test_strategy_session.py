@@ -154,7 +154,7 @@ def test_session_when_any_backend_then_parity_and_promotion_read_it(store):
 def test_live_session_when_streamed_from_loopback_then_bars_stored_and_same_as_replay(spy, tmp_path, monkeypatch):
     "alpaca-py's StockDataStream against a loopback server speaking Alpaca's protocol; then parity with the backtest."
     from bifrost.data.read import read_bars
-    from bifrost.strategy.session import MarketDataFake
+    from bifrost.strategy.stream import MarketDataFake
     monkeypatch.setenv("ALPACA_API_KEY", "k")
     monkeypatch.setenv("ALPACA_SECRET_KEY", "s")
     day = DAYS[1]
@@ -181,7 +181,7 @@ def test_live_session_when_streamed_from_loopback_then_bars_stored_and_same_as_r
 
 def test_live_session_when_keys_wrong_then_no_bars_and_failed(spy, tmp_path, monkeypatch):
     from bifrost.data.read import read_bars
-    from bifrost.strategy.session import MarketDataFake
+    from bifrost.strategy.stream import MarketDataFake
     monkeypatch.setenv("ALPACA_API_KEY", "wrong")
     monkeypatch.setenv("ALPACA_SECRET_KEY", "s")
     live = connect(f"duckdb:///{tmp_path}/live.duckdb")

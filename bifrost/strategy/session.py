@@ -5,36 +5,30 @@
 # %% ../../nbs/08i_strategy.session.ipynb #314de002
 from __future__ import annotations
 
-import asyncio
 import json
-import queue
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 
-import msgpack
 import numpy as np
 import pandas as pd
-import websockets
-from alpaca.data.live import StockDataStream
 
 from ..compliance.gate import load_gate
 from ..core import Broker, Clock, SimulatedClock, TradingCalendar, bar_size_delta
 from ..data.read import read_bars
 from ..execution.alpaca import AlpacaBroker, alpaca_keys
-from ..execution.alpaca_fake import AlpacaFake
 from ..execution.paper import PaperBroker
 from ..store import Store
 from .api import FIELDS, Costs, Panel, Strategy, StrategyError
 from .paper import PaperRunner
+from .stream import store_stream, stream_bars
 from .vector import run_vectorized
 from .versions import build_version, current_promotion
 
 # %% auto #0
 __all__ = ['REPORT_COLUMNS', 'CENT', 'SessionSummary', 'session_bars', 'session_broker', 'real_money', 'trade_session',
-           'MarketDataFake', 'stream_bars', 'traded_fills', 'compare_trades', 'parity_report']
+           'traded_fills', 'compare_trades', 'parity_report']
 
 # %% ../../nbs/08i_strategy.session.ipynb #3bb1e4f6
 @dataclass(frozen=True, slots=True)
@@ -100,7 +94,7 @@ def _streamed(store: Store, strat: Strategy, symbols: list[str], session: date, 
     key, secret = alpaca_keys()
     start, end = _day(session)
     frames: list[pd.DataFrame] = []
-    for group in _live_bars(store, stream_bars(url, symbols, key, secret, idle), symbols, bar_size, end,
+    for group in store_stream(store, stream_bars(url, symbols, key, secret, idle), symbols, bar_size, end,
                             "alpaca-stream"):
         if not frames:  # a re-run of the session decides on the bars its first run stored too
             frames.append(_stored_before(store, symbols, bar_size, start, group.ts.iat[0]))
@@ -285,116 +279,6 @@ def _cancel_working(runner: PaperRunner) -> None:
         runner.finish()
     except Exception as err:  # noqa: BLE001 — the session's own error is the one to report
         print(f"could not cancel the open orders of {runner.account}: {type(err).__name__}: {err}")
-
-# %% ../../nbs/08i_strategy.session.ipynb #84b1bfff
-class MarketDataFake:
-    "A loopback Alpaca market-data stream: connect, auth (`key`/`secret`), subscribe to bars, then play `bars` as `b` messages."
-
-    def __init__(self, bars: pd.DataFrame, key: str = "fake-key", secret: str = "fake-secret",
-                 venue: AlpacaFake | None = None):  # a trading fake whose market orders these bars fill
-        self.bars = bars.sort_values(["ts", "symbol"], kind="stable")
-        self.key, self.secret, self.venue = key, secret, venue
-        self.sent = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.url = ""
-
-    async def _serve(self, ws) -> None:
-        await ws.send(msgpack.packb([{"T": "success", "msg": "connected"}]))
-        auth = msgpack.unpackb(await ws.recv())
-        if auth.get("action") != "auth" or (auth.get("key"), auth.get("secret")) != (self.key, self.secret):
-            await ws.send(msgpack.packb([{"T": "error", "code": 402, "msg": "auth failed"}]))
-            return
-        await ws.send(msgpack.packb([{"T": "success", "msg": "authenticated"}]))
-        sub = msgpack.unpackb(await ws.recv())
-        wanted = set(sub.get("bars", []))
-        await ws.send(msgpack.packb([{"T": "subscription", "trades": [], "quotes": [], "bars": sorted(wanted)}]))
-        if self.venue is not None:
-            self.venue.open_market()
-        try:
-            for ts, group in self.bars.groupby("ts", sort=True):
-                rows = [r for r in group.itertuples(index=False) if r.symbol in wanted or "*" in wanted]
-                if not rows:
-                    continue
-                if self.venue is not None:  # the bar happens at the venue (in step with the trader), then is told
-                    await asyncio.to_thread(self.venue.offer, [(r.symbol, ts, r.open, r.high, r.low, r.close)
-                                                               for r in rows])
-                await ws.send(msgpack.packb([_bar_message(r) for r in rows]))
-                self.sent += len(rows)
-        finally:
-            if self.venue is not None:
-                self.venue.close_market()
-        await ws.wait_closed()
-
-    def start(self) -> str:
-        "Serve on a free loopback port in a background thread; returns the ws:// url for `url_override`."
-        async def main():
-            self._stop = asyncio.Event()
-            async with websockets.serve(self._serve, "127.0.0.1", 0) as server:
-                self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-                self._ready.set()
-                await self._stop.wait()
-        def run():
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(main())
-        self._thread = threading.Thread(target=run, daemon=True, name="market-data-fake")
-        self._thread.start()
-        self._ready.wait(10)
-        return self.url
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-
-def _bar_message(r) -> dict:
-    ts = pd.Timestamp(r.ts).to_pydatetime()
-    return {"T": "b", "S": r.symbol, "o": float(r.open), "h": float(r.high), "l": float(r.low), "c": float(r.close),
-            "v": float(r.volume), "t": msgpack.Timestamp.from_datetime(ts), "n": 0, "vw": float(r.close)}
-
-def stream_bars(url: str | None, symbols: Sequence[str], key: str, secret: str, idle: float = 5.0):
-    "Yield bars (alpaca-py `Bar`s) from the market-data stream at `url` until none has come for `idle` seconds."
-    stream = StockDataStream(key, secret, url_override=url)
-    arrived: queue.Queue = queue.Queue()
-    async def on_bar(bar):
-        arrived.put(bar)
-    stream.subscribe_bars(on_bar, *symbols)
-    thread = threading.Thread(target=stream.run, daemon=True, name="alpaca-bars")
-    thread.start()
-    try:
-        while True:
-            try:
-                yield arrived.get(timeout=idle)
-            except queue.Empty:
-                return
-    finally:
-        if getattr(stream, "_loop", None) is not None:
-            stream.stop()
-        thread.join(10)
-
-def _live_bars(store: Store, bars, symbols: list[str], bar_size: str, end: pd.Timestamp, source: str):
-    "Group streamed bars by time; store each group (upsert into `bars`) and yield it once complete (every symbol, or the next time)."
-    store.upsert("series", pd.DataFrame({"symbol": symbols, "bar_size": bar_size, "source": source, "basis": "raw"}),
-                 ["symbol", "bar_size"], update=False)
-    pending: list[dict] = []
-    def flush():
-        frame = pd.DataFrame(pending)
-        store.upsert("bars", frame.assign(bar_size=bar_size, source=source), ["symbol", "bar_size", "ts"])
-        pending.clear()
-        return frame
-    for b in bars:
-        ts = pd.Timestamp(b.timestamp).tz_convert("UTC")
-        if ts >= end:
-            break
-        if pending and ts != pending[-1]["ts"]:
-            yield flush()
-        pending.append({"symbol": b.symbol, "ts": ts, "open": b.open, "high": b.high, "low": b.low, "close": b.close,
-                        "volume": b.volume})
-        if {p["symbol"] for p in pending} >= set(symbols):  # at a real broker the next bar waits on this one
-            yield flush()
-    if pending:
-        yield flush()
 
 # %% ../../nbs/08i_strategy.session.ipynb #23a1c3ff
 REPORT_COLUMNS = ["item", "kind", "symbol", "ts", "traded", "backtest", "pnl_effect", "detail"]
