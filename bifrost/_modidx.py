@@ -1839,6 +1839,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                               'bifrost/signals/microstructure.py'),
                                                 'bifrost.signals.microstructure.price_impact': ( 'signals.microstructure.html#price_impact',
                                                                                                  'bifrost/signals/microstructure.py'),
+                                                'bifrost.signals.microstructure.quote_before': ( 'signals.microstructure.html#quote_before',
+                                                                                                 'bifrost/signals/microstructure.py'),
                                                 'bifrost.signals.microstructure.quoted_spread': ( 'signals.microstructure.html#quoted_spread',
                                                                                                   'bifrost/signals/microstructure.py'),
                                                 'bifrost.signals.microstructure.realised_spread': ( 'signals.microstructure.html#realised_spread',

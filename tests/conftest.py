@@ -93,12 +93,17 @@ def make_bars_fixture():
     return make_bars
 
 
-def sample_panel(folder, symbol: str, start: str, end: str):
-    "Daily bars of one shipped-sample symbol, through a throwaway DuckDB store in `folder` (only that feed ingested)."
+def sample_store(folder, symbols, bar_size: str = "1d", name: str = "sample"):
+    "A throwaway DuckDB store in `folder` holding only the shipped sample's primary `bar_size` feeds of `symbols`."
     from bifrost.data.ingest import ingest
     from bifrost.data.sources import SAMPLE, SampleSource
-    from bifrost.strategy.api import Panel
-    store = connect(f"duckdb:///{folder}/{symbol.lower()}.duckdb")
-    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == symbol and f.spec.bar_size == "1d")
+    store = connect(f"duckdb:///{folder}/{name}.duckdb")
+    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker in symbols and f.spec.bar_size == bar_size)
     ingest(store, SampleSource(feeds), progress=False)
-    return Panel.from_store(store, [symbol], start=start, end=end)
+    return store
+
+
+def sample_panel(folder, symbol: str, start: str, end: str):
+    "Daily bars of one shipped-sample symbol, through a throwaway DuckDB store in `folder` (only that feed ingested)."
+    from bifrost.strategy.api import Panel
+    return Panel.from_store(sample_store(folder, [symbol], name=symbol.lower()), [symbol], start=start, end=end)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import sample_store
+
 from bifrost.core import SimulatedClock
-from bifrost.data.ingest import ingest
-from bifrost.data.sources import SAMPLE, SampleSource
 from bifrost.signals.features import FeatureSet
 from bifrost.signals.ml import (
     MLSignal,
@@ -102,10 +102,7 @@ def test_forward_returns_and_metrics():
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
     "The shipped sample's daily bars of four symbols in a module-wide store."
-    store = connect(f"duckdb:///{tmp_path_factory.mktemp('ml')}/m.duckdb")
-    files = tuple(f for f in SAMPLE if f.primary and f.spec.bar_size == "1d" and f.spec.ticker in SYMBOLS)
-    ingest(store, SampleSource(files), progress=False)
-    return store
+    return sample_store(tmp_path_factory.mktemp("ml"), SYMBOLS)
 
 
 @pytest.fixture(scope="module")

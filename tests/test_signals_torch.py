@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import sample_store
+
 from bifrost.core import BifrostError, SimulatedClock
-from bifrost.data.ingest import ingest
-from bifrost.data.sources import SAMPLE, SampleSource
 from bifrost.signals.features import FeatureError, FeatureSet, compute_features
 from bifrost.signals.ml import (
     MLSignal,
@@ -25,7 +25,6 @@ from bifrost.signals.ml import (
     train_model,
 )
 from bifrost.signals.torch_model import SequenceRegressor, WindowedFeatures
-from bifrost.store import connect
 from bifrost.strategy.api import Costs, Panel
 from bifrost.strategy.vector import run_vectorized
 
@@ -38,10 +37,7 @@ SYMBOLS = ["SPY", "IWM", "BAC"]
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
     "The shipped sample's daily bars of three symbols in a module-wide store."
-    store = connect(f"duckdb:///{tmp_path_factory.mktemp('torch')}/m.duckdb")
-    files = tuple(f for f in SAMPLE if f.primary and f.spec.bar_size == "1d" and f.spec.ticker in SYMBOLS)
-    ingest(store, SampleSource(files), progress=False)
-    return store
+    return sample_store(tmp_path_factory.mktemp("torch"), SYMBOLS)
 
 
 @pytest.fixture(scope="module")

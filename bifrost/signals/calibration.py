@@ -13,7 +13,7 @@ import pandas as pd
 from ..analytics.tca import fills_frame, tca_fills
 from ..core import bar_size_delta
 from ..execution.costs import ImpactSlippage
-from .microstructure import MicrostructureError, mid_price
+from .microstructure import mid_price, quote_before
 
 # %% auto #0
 __all__ = ['trade_bars', 'book_at_fills', 'slippage_vs_model']
@@ -32,16 +32,12 @@ def book_at_fills(fills, quotes: pd.DataFrame) -> pd.DataFrame:
     """Each fill against the book's top just before it (`quotes`: `ts` ns, `bid_px`, `ask_px`, sorted by ts): bid, ask,
     mid, cost over the mid one way and as an effective spread (bps, positive a cost), and whether it traded at or inside the touch."""
     f = fills_frame(fills)
-    qt = quotes["ts"].to_numpy(np.int64)
-    if len(qt) and np.any(np.diff(qt) < 0):
-        raise MicrostructureError("quotes are not sorted by ts", hint="sort the quote stream by data time")
-    at = np.searchsorted(qt, pd.DatetimeIndex(f["ts"]).as_unit("ns").asi8, side="left") - 1  # strictly before
-    ok = at >= 0
-    pick = lambda col: np.where(ok, quotes[col].to_numpy(np.float64)[np.maximum(at, 0)], np.nan)
-    bid, ask = pick("bid_px"), pick("ask_px")
+    at, ok = quote_before(quotes, pd.DatetimeIndex(f["ts"]).as_unit("ns").asi8)
+    pick = lambda col: np.where(ok, quotes[col].to_numpy()[at], np.nan if col != "ts" else -1)
+    bid, ask = pick("bid_px").astype(np.float64), pick("ask_px").astype(np.float64)
     mid = mid_price(bid, ask)
     cost = f["sign"].to_numpy() * (f["price"].to_numpy() - mid) / mid * 1e4
-    return f.assign(quote_ts=np.where(ok, qt[np.maximum(at, 0)], -1), bid=bid, ask=ask, mid=mid, cost_bps=cost,
+    return f.assign(quote_ts=pick("ts").astype(np.int64), bid=bid, ask=ask, mid=mid, cost_bps=cost,
                     effective_bps=2 * cost, inside_touch=(f["price"] >= bid) & (f["price"] <= ask))
 
 def slippage_vs_model(fills, bars: pd.DataFrame, model: ImpactSlippage, bar_size: str = "1min") -> pd.DataFrame:

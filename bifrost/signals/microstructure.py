@@ -18,9 +18,9 @@ from .book import (AAPL_L1_2012_06_21, ES_MBO_2023_12_25, ES_MBP1_2024_07_01, Mb
 
 # %% auto #0
 __all__ = ['MicrostructureError', 'mid_price', 'quoted_spread', 'imbalance', 'microprice', 'depth', 'tick_rule', 'lee_ready',
-           'effective_spread', 'realised_spread', 'price_impact', 'trade_spreads', 'KyleLambda', 'kyle_lambda',
-           'interval_flow', 'volume_by_price', 'volume_by_time', 'vpin', 'SlippageCalibration', 'calibrate_slippage',
-           'es_session']
+           'effective_spread', 'realised_spread', 'price_impact', 'quote_before', 'trade_spreads', 'KyleLambda',
+           'kyle_lambda', 'interval_flow', 'volume_by_price', 'volume_by_time', 'vpin', 'SlippageCalibration',
+           'calibrate_slippage', 'es_session']
 
 # %% ../../nbs/09d_signals.microstructure.ipynb #535b23d5
 class MicrostructureError(BifrostError):
@@ -89,19 +89,23 @@ def price_impact(sign, mid, mid_after, bps: bool = False) -> np.ndarray:
     s = 2 * _f(sign) * (_f(mid_after) - _f(mid))
     return s / _f(mid) * 1e4 if bps else s
 
-def trade_spreads(trades: pd.DataFrame, quotes: pd.DataFrame, horizon_ns: int, sign: np.ndarray | None = None) -> pd.DataFrame:
-    """Per trade (`trades`: ts, price, size; `quotes`: ts, bid_px, ask_px, sorted by ts, ns): prevailing quote,
-    sign (given, else Lee-Ready), effective/realised spread and impact in price units and bps."""
+def quote_before(quotes: pd.DataFrame, t) -> tuple[np.ndarray, np.ndarray]:
+    "Row of the last quote strictly before each time in `t` (ns; `quotes` sorted by `ts`, ns) and whether there is one."
     qt = quotes["ts"].to_numpy(np.int64)
     if len(qt) and np.any(np.diff(qt) < 0):
         raise MicrostructureError("quotes are not sorted by ts", hint="sort the quote stream by data time")
+    before = np.searchsorted(qt, np.asarray(t, np.int64), side="left") - 1  # a quote at the trade's instant may be its footprint
+    return np.maximum(before, 0), before >= 0
+
+def trade_spreads(trades: pd.DataFrame, quotes: pd.DataFrame, horizon_ns: int, sign: np.ndarray | None = None) -> pd.DataFrame:
+    """Per trade (`trades`: ts, price, size; `quotes`: ts, bid_px, ask_px, sorted by ts, ns): prevailing quote,
+    sign (given, else Lee-Ready), effective/realised spread and impact in price units and bps."""
     t = trades["ts"].to_numpy(np.int64)
-    before = np.searchsorted(qt, t, side="left") - 1
-    after = np.searchsorted(qt, t + horizon_ns, side="right") - 1
-    ok = before >= 0
+    before, ok = quote_before(quotes, t)
+    after = np.searchsorted(quotes["ts"].to_numpy(np.int64), t + horizon_ns, side="right") - 1
     mid = mid_price(quotes["bid_px"], quotes["ask_px"])
     bid, ask = quotes["bid_px"].to_numpy(np.float64), quotes["ask_px"].to_numpy(np.float64)
-    b, a = np.where(ok, bid[np.maximum(before, 0)], np.nan), np.where(ok, ask[np.maximum(before, 0)], np.nan)
+    b, a = np.where(ok, bid[before], np.nan), np.where(ok, ask[before], np.nan)
     m, m_after = (b + a) / 2, np.where(ok, mid[np.maximum(after, 0)], np.nan)
     p = trades["price"].to_numpy(np.float64)
     d = lee_ready(p, b, a) if sign is None else np.asarray(sign)
