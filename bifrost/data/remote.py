@@ -32,12 +32,12 @@ from requests.adapters import BaseAdapter, HTTPAdapter
 from yfinance.data import YfData
 from yfinance.exceptions import YFException, YFPricesMissingError, YFRateLimitError, YFTzMissingError
 
-from ..core import AssetClass, Clock, DataError, LiveClock, SourceUnavailableError, bar_size_delta
+from ..core import AssetClass, BifrostError, Clock, DataError, LiveClock, SourceUnavailableError, bar_size_delta
 from .sources import Feed, FeedSpec, Source, _since, parse_bars
 
 # %% auto #0
-__all__ = ['OFFLINE_HINT', 'ALPACA_KEYS', 'start_after', 'YFinanceSource', 'yahoo_chart', 'YahooReplay', 'AlpacaSource',
-           'alpaca_bars', 'LoopbackJSONServer', 'AlpacaStub']
+__all__ = ['OFFLINE_HINT', 'ALPACA_KEYS', 'start_after', 'YFinanceSource', 'yahoo_chart', 'YahooReplay', 'alpaca_keys',
+           'AlpacaSource', 'alpaca_bars', 'LoopbackJSONServer', 'AlpacaStub']
 
 # %% ../../nbs/02c_data.remote.ipynb #e1154d9d
 OFFLINE_HINT = "work offline with `bifrost ingest sample`, or read a CSV/Parquet file with FileSource"
@@ -289,8 +289,17 @@ class YahooReplay(requests.Session):
 
 # %% ../../nbs/02c_data.remote.ipynb #96c48f87
 ALPACA_KEYS = ("ALPACA_API_KEY", "ALPACA_SECRET_KEY")
-_KEY_HINT = ("export ALPACA_API_KEY and ALPACA_SECRET_KEY in the shell that starts Bifrost (never in a notebook); "
-             f"or {OFFLINE_HINT}")
+_KEY_HINT = ("export ALPACA_API_KEY and ALPACA_SECRET_KEY (or alpaca-py's APCA_API_KEY_ID and APCA_API_SECRET_KEY) "
+             f"in the shell that starts Bifrost (never in a notebook); or {OFFLINE_HINT}")
+
+def alpaca_keys(error: type[BifrostError] = SourceUnavailableError, what: str = "Alpaca") -> tuple[str, str]:
+    "The Alpaca key pair from the environment (ours, else alpaca-py's names); else `error` naming what is missing."
+    for names in (ALPACA_KEYS, ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")):
+        values = tuple(os.environ.get(n, "").strip() for n in names)
+        if all(values):
+            return values
+    missing = [v for v in ALPACA_KEYS if not os.environ.get(v, "").strip()]
+    raise error(f"{what} needs an API key: {' and '.join(missing)} not set", hint=_KEY_HINT)
 _ALPACA_TIMEFRAMES = {"1min": TimeFrame(1, TimeFrameUnit.Minute), "5min": TimeFrame(5, TimeFrameUnit.Minute),
                       "15min": TimeFrame(15, TimeFrameUnit.Minute), "30min": TimeFrame(30, TimeFrameUnit.Minute),
                       "1h": TimeFrame(1, TimeFrameUnit.Hour), "1d": TimeFrame(1, TimeFrameUnit.Day)}
@@ -338,11 +347,7 @@ class AlpacaSource(Source):
 
     def _client(self) -> StockHistoricalDataClient:
         "A client with the keys from the environment, a timeout and few retries."
-        missing = [v for v in ALPACA_KEYS if not os.environ.get(v, "").strip()]
-        if missing:
-            raise SourceUnavailableError(f"Alpaca needs an API key: {' and '.join(missing)} not set", hint=_KEY_HINT)
-        client = StockHistoricalDataClient(*(os.environ[v].strip() for v in ALPACA_KEYS), raw_data=True,
-                                           url_override=self.url_override)
+        client = StockHistoricalDataClient(*alpaca_keys(), raw_data=True, url_override=self.url_override)
         client._retry, client._retry_wait = self.retries, self.retry_wait
         for prefix in ("https://", "http://"):
             client._session.mount(prefix, _TimeoutAdapter(self.timeout))

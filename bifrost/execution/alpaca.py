@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +24,10 @@ from requests.adapters import HTTPAdapter
 
 from ..core import (BrokerError, BrokerOrder, BrokerUnavailableError, ConfigError, Fill, Order,
                           OrderRejectedError, OrderStatus, OrderType)
-from ..data.remote import ALPACA_KEYS
+from ..data.remote import alpaca_keys
 
 # %% auto #0
-__all__ = ['broker_order', 'order_request', 'alpaca_keys', 'AlpacaBroker']
+__all__ = ['broker_order', 'order_request', 'AlpacaBroker']
 
 # %% ../../nbs/06e_execution.alpaca.ipynb #e05ba6bb
 _STATUS = {"new": OrderStatus.ACCEPTED, "accepted": OrderStatus.ACCEPTED, "pending_new": OrderStatus.ACCEPTED,
@@ -97,13 +96,6 @@ class _Timeout(HTTPAdapter):
 _KEY_HINT = ("export ALPACA_API_KEY and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and APCA_API_SECRET_KEY) in the shell "
              "that starts Bifrost, never in a notebook")
 
-def alpaca_keys() -> tuple[str, str]:
-    "The Alpaca key pair from the environment, or a `ConfigError` naming what is missing."
-    for names in (ALPACA_KEYS, ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY")):
-        values = tuple(os.environ.get(n, "").strip() for n in names)
-        if all(values):
-            return values
-    raise ConfigError(f"Alpaca needs an API key: {' and '.join(ALPACA_KEYS)} are not set", hint=_KEY_HINT)
 
 def _stream_fill(data: dict) -> Fill:
     o = data["order"]
@@ -122,7 +114,7 @@ class AlpacaBroker:
                  timeout: float = 10.0,  # seconds to wait for any answer
                  rate_limit_retries: int = 1,  # retries after HTTP 429, `retry_wait` apart
                  retry_wait: float = 1.0):
-        self._keys = alpaca_keys()
+        self._keys = alpaca_keys(ConfigError)  # a broker without keys is misconfigured
         self.paper, self.stream_url = paper, stream_url
         self.client = TradingClient(*self._keys, paper=paper, url_override=url_override)
         self.client._retry, self.client._retry_wait, self.client._retry_codes = rate_limit_retries, retry_wait, [429]

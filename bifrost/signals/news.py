@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from alpaca.data.historical.news import NewsClient
 from alpaca.data.requests import NewsRequest
 
 from ..core import Clock, DataError, SourceUnavailableError
-from ..data.remote import ALPACA_KEYS, OFFLINE_HINT, LoopbackJSONServer
+from ..data.remote import OFFLINE_HINT, LoopbackJSONServer, alpaca_keys
 from .text import SAMPLE_NEWS, sentiment_scores, tag_events
 from ..store import Store
 
@@ -129,11 +128,7 @@ def read_rss(where: str | Path, source: str, timeout: float = 10.0) -> pd.DataFr
 def read_alpaca_news(symbols: Sequence[str], start: datetime, end: datetime, *, url_override: str | None = None,
                      limit: int | None = None) -> pd.DataFrame:
     "Raw news rows about `symbols` published in [start, end] from Alpaca (keys from ALPACA_API_KEY/ALPACA_SECRET_KEY)."
-    missing = [v for v in ALPACA_KEYS if not os.environ.get(v, "").strip()]
-    if missing:
-        raise SourceUnavailableError(f"Alpaca news needs an API key: {' and '.join(missing)} not set",
-                                     hint=f"export them in the shell that starts Bifrost; or {OFFLINE_HINT}")
-    client = NewsClient(*(os.environ[v].strip() for v in ALPACA_KEYS), raw_data=True, url_override=url_override)
+    client = NewsClient(*alpaca_keys(what="Alpaca news"), raw_data=True, url_override=url_override)
     where = url_override or "data.alpaca.markets"
     request = NewsRequest(symbols=",".join(symbols), start=start, end=end, limit=limit, include_content=False)
     try:

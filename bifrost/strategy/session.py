@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from ..compliance.gate import load_gate
-from ..core import Broker, Clock, SimulatedClock, TradingCalendar, bar_size_delta
+from ..core import Broker, Clock, ConfigError, SimulatedClock, TradingCalendar, bar_size_delta
 from ..data.read import read_bars
-from ..execution.alpaca import AlpacaBroker, alpaca_keys
+from ..data.remote import alpaca_keys
+from ..execution.alpaca import AlpacaBroker
 from ..execution.paper import PaperBroker
 from ..store import Store
 from .api import FIELDS, Costs, Panel, Strategy, StrategyError
@@ -91,7 +92,7 @@ def _stored_before(store: Store, symbols: list[str], bar_size: str, start: pd.Ti
 def _streamed(store: Store, strat: Strategy, symbols: list[str], session: date, bar_size: str, url: str | None,
               idle: float):
     "Each streamed bar (stored as it arrives) with the targets decided at its close on the session so far."
-    key, secret = alpaca_keys()
+    key, secret = alpaca_keys(ConfigError)
     start, end = _day(session)
     frames: list[pd.DataFrame] = []
     for group in store_stream(store, stream_bars(url, symbols, key, secret, idle), symbols, bar_size, end,
