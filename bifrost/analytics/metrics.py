@@ -11,12 +11,14 @@ import numpy as np
 import pandas as pd
 
 from .kernels import (
-    DEFAULT_PERIODS_PER_YEAR, ReturnsPanel, average_win_loss, drawdown_series, hit_rate, profit_factor)
+    DEFAULT_PERIODS_PER_YEAR, ReturnsPanel, average_win_loss, cagr, drawdown_series, hit_rate, max_drawdown,
+    profit_factor, sharpe_ratio, sortino_ratio)
 from .relative import METRIC_LABELS, metric_set, rolling_set
 
 # %% auto #0
-__all__ = ['AnalyticsWarning', 'UndefinedMetricWarning', 'as_returns', 'returns_from_nav', 'align', 'performance_metrics',
-           'drawdown_table', 'rolling_metrics', 'position_stats', 'trade_stats']
+__all__ = ['ANNUALISED', 'SUMMARY_LABELS', 'AnalyticsWarning', 'UndefinedMetricWarning', 'as_returns', 'returns_from_nav',
+           'align', 'performance_metrics', 'drawdown_table', 'rolling_metrics', 'position_stats', 'trade_stats',
+           'too_short_to_annualise', 'summary_table', 'summary_text']
 
 # %% ../../nbs/07c_analytics.metrics.ipynb #0381638e
 class AnalyticsWarning(UserWarning):
@@ -211,3 +213,76 @@ def trade_stats(trades: pd.DataFrame) -> pd.Series:
         "avg_loss": loss, "win_loss_ratio": win / -loss if loss < 0 else np.nan,
         "expectancy": pnl.mean() if len(pnl) else np.nan, "total_pnl": pnl.sum(), "avg_holding": hold,
     }, dtype=object)
+
+# %% ../../nbs/07c_analytics.metrics.ipynb #7546cd05
+ANNUALISED = frozenset({"cagr", "annual_mean_return", "annual_volatility", "sharpe", "sortino", "calmar", "alpha",
+                        "tracking_error", "information_ratio"})  # yearly rates: withheld for short histories
+
+def too_short_to_annualise(periods: int, # periods of returns in the history
+                           periods_per_year: float = DEFAULT_PERIODS_PER_YEAR,
+                           ) -> str | None:
+    "Why figures annualised from `periods` returns would mislead (fewer than a year of them), or None."
+    if periods >= periods_per_year:
+        return None
+    return (f"not annualised: {periods:,} periods of returns, under a year ({periods_per_year:g}); "
+            "a yearly rate from so short a history extrapolates noise")
+
+SUMMARY_LABELS = {"start": "Start", "end": "End", "bars": "Bars", "total_return": "Total return", "cagr": "CAGR",
+                  "sharpe": "Sharpe ratio", "sortino": "Sortino ratio", "max_drawdown": "Max drawdown",
+                  "exposure": "Exposure (average gross)", "time_in_market": "Time in the market",
+                  "trades": "Trades", "turnover": "Turnover (traded / average equity)", "commission": "Commissions"}
+_SUMMARY_PCT = {"total_return", "cagr", "max_drawdown", "exposure", "time_in_market"}
+
+def _shown(key: str, v) -> str:
+    if v is None or v is pd.NaT or (isinstance(v, float) and not np.isfinite(v)):
+        return "—"
+    if isinstance(v, pd.Timestamp):
+        return f"{v:%Y-%m-%d}" if v == v.normalize() else f"{v:%Y-%m-%d %H:%M}"
+    if key in _SUMMARY_PCT:
+        return f"{v:.2%}"
+    return f"{v:,}" if isinstance(v, (int, np.integer)) else f"{v:,.2f}"
+
+def summary_table(equity: pd.Series, # account value per bar; the first is the starting capital
+                  periods_per_year: float = DEFAULT_PERIODS_PER_YEAR,
+                  exposure: pd.Series | None = None, # gross exposure per bar, as a fraction of equity
+                  trades: int | None = None, # how many fills
+                  traded: float | None = None, # notional traded, buys and sells, in the account's currency
+                  commission: float | None = None, # commissions paid
+                  ) -> pd.DataFrame:
+    "Headline figures of one equity curve: `value`, `shown` and `note` (why a figure is missing) per metric."
+    eq = equity.astype(np.float64)
+    if len(eq) == 0:
+        raise ValueError("the equity curve is empty: there is nothing to summarise")
+    r = (eq / eq.shift(1) - 1).iloc[1:].to_numpy()
+    n, short = len(r), too_short_to_annualise(len(r), periods_per_year)
+    rows = {"start": eq.index[0], "end": eq.index[-1], "bars": len(eq),
+            "total_return": float(eq.iloc[-1] / eq.iloc[0] - 1),
+            "cagr": cagr(r, periods_per_year), "sharpe": sharpe_ratio(r, periods_per_year),
+            "sortino": sortino_ratio(r, periods_per_year), "max_drawdown": max_drawdown(r) if n else 0.0}
+    notes = {k: short for k in ANNUALISED & rows.keys()} if short else {}
+    if exposure is not None:
+        rows |= {"exposure": float(exposure.mean()), "time_in_market": float((exposure > 0).mean())}
+    if trades is not None:
+        rows["trades"] = int(trades)
+    if traded is not None:
+        rows["turnover"] = traded / float(eq.mean())
+    if commission is not None:
+        rows["commission"] = float(commission)
+    all_zero = not (r != 0).any()
+    for k, v in rows.items():
+        if k in notes:
+            rows[k] = np.nan
+        elif isinstance(v, float) and np.isnan(v):
+            notes[k] = "undefined: " + _reason(k, n, all_zero)
+    return pd.DataFrame({"label": [SUMMARY_LABELS[k] for k in rows],
+                         "value": pd.Series(list(rows.values()), index=list(rows), dtype=object),
+                         "shown": [_shown(k, v) for k, v in rows.items()], "note": [notes.get(k, "") for k in rows]},
+                        index=pd.Index(list(rows), name="metric"))
+
+def summary_text(table: pd.DataFrame) -> str:
+    "A `summary_table` as a printed block: one figure a line, each reason for a missing figure once, below."
+    width = max(len(s) for s in table["label"])
+    lines = [f"{lab:<{width}}  {shown}" for lab, shown in zip(table["label"], table["shown"])]
+    for note, rows in table[table["note"] != ""].groupby("note", sort=False):
+        lines.append(f"{', '.join(rows['label'])}: {note}")
+    return "\n".join(lines)

@@ -121,7 +121,7 @@ def run_backtrader(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
     trades = pd.DataFrame(rec.fills, columns=["ts", "symbol", "shares", "price", "commission"])
     trades["ts"] = pd.to_datetime(trades.ts).dt.tz_localize("UTC")
     return BacktestResult(repr(strategy), dict(strategy.values), "backtrader", trades, positions, cash_s, equity, targets,
-                          log.frame())
+                          log.frame(), panel.bar_size, panel.close.ffill())
 
 # %% ../../nbs/08c_strategy.backtrader.ipynb #31bb8020
 def parity(a: BacktestResult, b: BacktestResult) -> pd.DataFrame:

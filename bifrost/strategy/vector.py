@@ -5,6 +5,7 @@
 # %% ../../nbs/08b_strategy.vector.ipynb #004b08c0
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -13,6 +14,8 @@ import numba
 import numpy as np
 import pandas as pd
 
+from ..analytics.kernels import periods_per_year
+from ..analytics.metrics import summary_table
 from ..compliance.gate import Gate
 from ..core import AccountState, Decision, Order, Side
 from ..risk.limits import Limits
@@ -122,6 +125,8 @@ class BacktestResult:
     equity: pd.Series
     targets: pd.DataFrame | None = None
     decisions: pd.DataFrame | None = None  # the gate's answer on every order the strategy asked for
+    bar_size: str = "1d"  # what a period is, for annualised figures
+    marks: pd.DataFrame | None = None  # the price each position was valued at per bar (the last close)
 
     @property
     def final_equity(self) -> float:
@@ -134,6 +139,37 @@ class BacktestResult:
     def __repr__(self):
         return (f"<BacktestResult {self.strategy} [{self.engine}] {len(self.equity)} bars, {len(self.trades)} trades, "
                 f"equity {self.equity.iloc[0]:,.2f} -> {self.final_equity:,.2f}>")
+
+    @property
+    def exposure(self) -> pd.Series:
+        "Gross exposure per bar, a fraction of equity (net where no marks were kept: exact for long-only books)."
+        held = ((self.positions.abs() * self.marks.reindex_like(self.positions)).sum(axis=1)
+                if self.marks is not None else (self.equity - self.cash).abs())
+        return (held / self.equity).rename("exposure")
+
+    def summary(self) -> pd.DataFrame:
+        "Headline figures (`value`, `shown`, `note`); annualised ones withheld, with the reason, under a year of bars."
+        t = self.trades
+        return summary_table(self.equity, periods_per_year(self.bar_size), self.exposure, len(t),
+                             float((t.shares.abs() * t.price).sum()), float(t.commission.sum()))
+
+    def _repr_html_(self) -> str:
+        tab = self.summary()
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(lab)}</th><td>{html.escape(v)}</td></tr>"
+                       for lab, v in zip(tab.label, tab.shown))
+        notes = "".join(f"<li>{html.escape(', '.join(g.label))}: {html.escape(n)}</li>"
+                        for n, g in tab[tab.note != ""].groupby("note", sort=False))
+        return (f"<div><b>{html.escape(self.strategy)}</b> · {self.engine} engine · {self.bar_size} bars"
+                f"<table>{rows}</table>" + (f"<ul style='font-size:smaller'>{notes}</ul>" if notes else "") + "</div>")
+
+    def plot(self, height: int = 260):
+        "Equity and drawdown, one above the other on a shared time axis (hvplot)."
+        import hvplot.pandas  # noqa: F401  (registers .hvplot)
+        eq = self.equity.copy()
+        eq.index = eq.index.tz_convert("UTC").tz_localize(None).rename("time") if eq.index.tz else eq.index.rename("time")
+        dd = (eq / eq.cummax() - 1).rename("drawdown")
+        return (eq.rename("equity").hvplot.line(title=self.strategy, height=height, responsive=True)
+                + dd.hvplot.area(height=height * 2 // 3, responsive=True, color="#c0392b", alpha=0.5)).cols(1)
 
 def _trades_frame(trades: np.ndarray, panel: Panel) -> pd.DataFrame:
     bars, syms = trades[:, 0].astype(int), trades[:, 1].astype(int)
@@ -214,8 +250,8 @@ def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
     return BacktestResult(repr(strategy), dict(strategy.values), "vectorized", _trades_frame(trades, panel),
                           pd.DataFrame(positions, index=panel.index, columns=panel.symbols),
                           pd.Series(cash_s, index=panel.index, name="cash"),
-                          pd.Series(equity, index=panel.index, name="equity"), w, decisions)
-
+                          pd.Series(equity, index=panel.index, name="equity"), w, decisions, panel.bar_size,
+                          panel.close.ffill())
 
 # %% ../../nbs/08b_strategy.vector.ipynb #5a3e0c01
 @numba.njit(cache=True)
