@@ -19,7 +19,7 @@ from bifrost.data.read import read_bars
 from bifrost.data.sources import SAMPLE, FeedSpec, FileSource, SampleSource, read_table
 from bifrost.store import connect
 
-CLOCK = SimulatedClock(pd.Timestamp("2024-01-02 21:00", tz="UTC").to_pydatetime())
+CLOCK = SimulatedClock(pd.Timestamp("2026-06-30 21:00", tz="UTC").to_pydatetime())  # after the sample's last bar
 SAMPLE_DIR = SampleSource().root
 
 

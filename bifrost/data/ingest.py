@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..core import Clock, DataError, LiveClock, TradingCalendar
 from .sources import Feed, FeedSpec, Source
-from .validate import Reason, validate_bars
+from .validate import Bounds, Reason, validate_bars
 from ..store import Store
 
 # %% auto #0
@@ -71,8 +71,12 @@ class FeedResult:
     symbols: tuple[str, ...] = ()
     reasons: dict[str, int] = field(default_factory=dict)
 
-def _watermark(store: Store, feed_id: str) -> pd.Timestamp | None:
-    v = store.scalar("SELECT max(last_ts) FROM ingestions WHERE source = ?", (feed_id,))
+def _watermark(store: Store, feed_id: str, now: pd.Timestamp | None = None) -> pd.Timestamp | None:
+    "The last bar the feed stored; a mark after `now` (left by older versions, from a bad row) is ignored."
+    sql, params = "SELECT max(last_ts) FROM ingestions WHERE source = ?", [feed_id]
+    if now is not None:
+        sql, params = sql + " AND last_ts <= ?", params + [pd.Timestamp(now)]
+    v = store.scalar(sql, params)
     return None if v is None or pd.isna(v) else pd.Timestamp(v)
 
 def _check_series(store: Store, feed: Feed, symbols) -> None:
@@ -87,11 +91,13 @@ def _check_series(store: Store, feed: Feed, symbols) -> None:
 
 def _quarantine_rows(bad: pd.DataFrame, source: str, bar_size: str) -> pd.DataFrame:
     raw = bad[["open", "high", "low", "close", "volume"]].astype(object).apply(lambda r: ",".join(map(str, r)), axis=1)
+    when = bad.ts.astype(object).map(str)
+    if "ts_note" in bad:  # the time as the source wrote it, when it could not be read
+        when = when.where(bad.ts.notna(), bad.ts_note.astype(object).map(str))
     return pd.DataFrame({"source": source, "row_ref": bad.row_ref, "reason": bad.reason, "symbol": bad.symbol,
-                         "bar_size": bar_size, "ts": bad.ts, "detail": bad.detail,
-                         "raw": bad.ts.astype(object).map(str) + "," + raw})
+                         "bar_size": bar_size, "ts": bad.ts, "detail": bad.detail, "raw": when + "," + raw})
 
-def ingest_feed(store: Store, feed_id: str, feed: Feed, clock: Clock) -> FeedResult:
+def ingest_feed(store: Store, feed_id: str, feed: Feed, clock: Clock, bounds: Bounds = Bounds()) -> FeedResult:
     "Validate `feed` and write it in one transaction: good rows to bars, the rest to quarantine."
     spec, bars = feed.spec, feed.bars
     symbol = resolve_symbols(store, spec.ticker, bars.ts.fillna(pd.Timestamp("1900-01-01", tz="UTC")),
@@ -108,13 +114,14 @@ def ingest_feed(store: Store, feed_id: str, feed: Feed, clock: Clock) -> FeedRes
         rows = bars[symbol == sym]
         known = store.query("SELECT ex_date, value FROM corporate_actions WHERE symbol = ? AND kind = 'split'", (sym,))
         splits = pd.concat([pd.Series(known.value.to_numpy(float), index=pd.to_datetime(known.ex_date)), feed.splits])
-        good, bad = validate_bars(rows, spec.bar_size, calendar, spec.session, splits.groupby(level=0).last())
+        good, bad = validate_bars(rows, spec.bar_size, calendar, spec.session, splits.groupby(level=0).last(),
+                                  bounds=bounds, now=pd.Timestamp(clock.now()))
         good_parts.append(good.assign(symbol=sym))
         bad_parts.append(bad.assign(symbol=sym))
     good = pd.concat(good_parts, ignore_index=True) if good_parts else bars.iloc[:0].assign(symbol="")
     bad = pd.concat([b for b in bad_parts if len(b)], ignore_index=True) if any(len(b) for b in bad_parts) else None
     actions = _feed_actions(store, feed)
-    last_ts = bars.ts.max()
+    last_ts = good.ts.max()  # the watermark moves only with stored rows
     with store.transaction():
         if symbols:
             _ensure_instruments(store, symbols, spec)
@@ -131,7 +138,7 @@ def ingest_feed(store: Store, feed_id: str, feed: Feed, clock: Clock) -> FeedRes
             "id": [uuid.uuid4().hex], "source": feed_id, "symbol": ",".join(symbols) or None, "bar_size": spec.bar_size,
             "started_at": [pd.Timestamp(clock.now())], "rows_in": len(bars), "rows_written": len(good),
             "rows_quarantined": 0 if bad is None else bad.row_ref.nunique(), "ticker": spec.ticker,
-            "last_ts": [last_ts if pd.notna(last_ts) else _watermark(store, feed_id)]}), ["id"])
+            "last_ts": [last_ts if pd.notna(last_ts) else _watermark(store, feed_id, clock.now())]}), ["id"])
     reasons = {} if bad is None else bad.reason.value_counts().to_dict()
     return FeedResult(feed.source, spec.ticker, spec.bar_size, len(bars), len(good),
                       0 if bad is None else bad.row_ref.nunique(), symbols, reasons)
@@ -166,7 +173,7 @@ class IngestReport:
                              for f in self.feeds])
 
 def ingest(store: Store, source: Source, full: bool = False, clock: Clock | None = None,
-           progress: bool = True) -> IngestReport:
+           progress: bool = True, bounds: Bounds = Bounds()) -> IngestReport:
     "Bring `store` up to date with `source`: reference data first, then each feed from its watermark."
     clock = clock or LiveClock()
     load_reference(store, source)
@@ -174,6 +181,6 @@ def ingest(store: Store, source: Source, full: bool = False, clock: Clock | None
     for spec in tqdm(source.specs(), desc=f"ingest {source.name}", unit="feed", disable=not progress):
         feed_id = source.feed_id(spec)
         with store.session():  # one connection per feed: short enough for readers, cheap enough for us
-            since = None if full else _watermark(store, feed_id)
-            results.append(ingest_feed(store, feed_id, source.fetch(spec, since), clock))
+            since = None if full else _watermark(store, feed_id, clock.now())
+            results.append(ingest_feed(store, feed_id, source.fetch(spec, since), clock, bounds))
     return IngestReport(source.name, results)

@@ -86,23 +86,53 @@ class Source(ABC):
 # %% ../../nbs/02b_data.sources.ipynb #25f53879
 _SPLIT_COLS = ("split_ratio", "split", "stock_splits")
 _DIV_COLS = ("ex_dividend", "dividend", "dividends")
-_OFFSET = re.compile(r"[+-]\d\d:?\d\d$|Z$")
+_OFFSET = re.compile(r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$")  # after a time, not a date's -DD
+_ZONE = re.compile(r"\s*(?:Z|[+-]\d\d(?::?\d\d)?)$")
+_ISO_ONLY = "is not an ISO 8601 time (YYYY-MM-DD[ HH:MM[:SS]][+HH:MM]); dd/mm and mm/dd cannot be told apart"
 
-def _parse_ts(text: pd.Series, spec: FeedSpec) -> pd.Series:
-    text = text.astype("string").str.strip()
-    first = text.dropna().iloc[0] if text.notna().any() else ""
-    if _OFFSET.search(first):
-        ts = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
-        local = ts.dt.tz_convert(spec.tz)
-        if spec.bar_size == "1d":
-            return local.dt.tz_localize(None).dt.normalize().dt.tz_localize("UTC")
-        return ts
-    naive = pd.to_datetime(text, errors="coerce", format="ISO8601")  # fast path; other layouts below
-    if naive.isna().mean() > 0.5:
-        naive = pd.to_datetime(text, errors="coerce", format="mixed")
-    if spec.bar_size == "1d":
-        return naive.dt.normalize().dt.tz_localize("UTC")
-    return naive.dt.tz_localize(spec.tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+def _session_date(wall: pd.Series, instant: pd.Series, spec: FeedSpec) -> pd.Series:
+    "A daily bar's session (midnight UTC): the date as written if midnight in its own zone, else the exchange's date."
+    written = wall.dt.normalize()
+    exchange = instant.dt.tz_convert(spec.tz).dt.tz_localize(None).dt.normalize()
+    return written.where(wall == written, exchange).dt.tz_localize("UTC")
+
+def _parse_ts(col: pd.Series, spec: FeedSpec) -> tuple[pd.Series, pd.Series]:
+    "(UTC bar starts, a note for each row whose time could not be used); see the rules above."
+    col = col.reset_index(drop=True)
+    daily = spec.bar_size == "1d"
+    note = pd.Series(None, index=col.index, dtype=object)
+    if isinstance(col.dtype, pd.DatetimeTZDtype):  # typed Parquet, yfinance: the zone is the column's
+        instant = col.dt.tz_convert("UTC")
+        ts = _session_date(col.dt.tz_localize(None), instant, spec) if daily else instant
+        return ts, note.where(ts.notna(), "timestamp missing")
+    if pd.api.types.is_datetime64_dtype(col):
+        naive, offset, text = col, pd.Series(False, index=col.index), col.astype("string")
+    else:
+        text = col.astype("string").str.strip()
+        offset = text.str.contains(_OFFSET, na=False)
+        naive = pd.to_datetime(text.where(~offset), errors="coerce", format="ISO8601")
+    ts = pd.Series(pd.NaT, index=col.index, dtype="datetime64[us, UTC]")
+    if (~offset).any():
+        if daily:
+            ts[~offset] = naive[~offset].dt.normalize().dt.tz_localize("UTC")
+        else:
+            ts[~offset] = naive[~offset].dt.tz_localize(spec.tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+            note[naive.notna() & ts.isna()] = "a local time that a DST change makes ambiguous or skips; write a UTC offset"
+    if offset.any():
+        instant = pd.to_datetime(text[offset], errors="coerce", utc=True, format="ISO8601")
+        if daily:
+            wall = pd.to_datetime(text[offset].str.replace(_ZONE, "", regex=True), errors="coerce", format="ISO8601")
+            instant = _session_date(wall, instant, spec)
+        ts[offset] = instant
+    mixed = offset if offset.sum() * 2 < len(offset) else ~offset  # the minority form (naive on a tie)
+    if offset.any() and (~offset).any():
+        note[mixed & ts.notna()] = ("has a UTC offset, unlike most rows of this file" if offset[mixed].all() else
+                                    "has no UTC offset, unlike most rows of this file: its zone is a guess")
+        ts[mixed] = pd.NaT
+    unread = ts.isna() & note.isna()
+    note[unread & text.isna()] = "timestamp missing"
+    note[unread & text.notna()] = "'" + text[unread & text.notna()].str.slice(0, 40) + "' " + _ISO_ONLY
+    return ts, note
 
 def session_day(ts: pd.Series, spec: FeedSpec) -> pd.Series:
     "The exchange date of each bar (daily bars are stamped at midnight UTC of their date)."
@@ -123,11 +153,15 @@ def parse_bars(table: pd.DataFrame, spec: FeedSpec, source: str, ref_prefix: str
     if tcol not in table.columns or not {"open", "high", "low", "close", "volume"} <= set(table.columns):
         raise DataError(f"{ref_prefix}: expected columns date|datetime, open, high, low, close, volume; "
                         f"found {list(table.columns)}")
-    ts = _parse_ts(table[tcol], spec)
-    bars = pd.DataFrame({"ts": ts.reset_index(drop=True)})
+    ts, note = _parse_ts(table[tcol], spec)
+    if len(table) and ts.isna().all() and note.notna().all():
+        raise DataError(f"{ref_prefix}: no time in column {tcol!r} could be read; line 2 {note.iloc[0]}",
+                        hint="write times as ISO 8601 (YYYY-MM-DD), e.g. 2020-01-31 or 2020-01-31T09:30:00-05:00, then ingest again")
+    bars = pd.DataFrame({"ts": ts})
     for c in ("open", "high", "low", "close", "volume"):
         bars[c] = pd.to_numeric(table[c], errors="coerce").to_numpy(float)
     bars["row_ref"] = f"{ref_prefix}:" + pd.Series(np.arange(2, len(table) + 2)).astype(str)  # line 1 is the header
+    bars["ts_note"] = note  # why a row's time is unusable (None when it is fine)
     day = session_day(ts, spec)
     splits = _events(table, day, _SPLIT_COLS, 1.0)
     dividends = _events(table, day, _DIV_COLS, 0.0)

@@ -5,6 +5,7 @@
 # %% ../../nbs/02a_data.validate.ipynb #74efa5d5
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
@@ -14,14 +15,18 @@ import pandas as pd
 from ..core import TradingCalendar, bar_size_delta
 
 # %% auto #0
-__all__ = ['PRICES', 'Reason', 'outside_session', 'split_adjusted_ratio', 'spikes', 'validate_bars']
+__all__ = ['PRICES', 'Reason', 'Bounds', 'outside_session', 'split_adjusted_ratio', 'spikes', 'validate_bars']
 
 # %% ../../nbs/02a_data.validate.ipynb #4a3aa420
 class Reason(str, Enum):
     "Why a row was quarantined."
-    BAD_TIMESTAMP = "bad_timestamp"              # unparseable or missing time
+    BAD_TIMESTAMP = "bad_timestamp"              # unparseable, missing or ambiguous time (only ISO 8601 is read)
+    IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"  # before `Bounds.earliest`, or a bar that starts after now
+    OFF_GRID = "off_grid"                        # not on its bar size's grid: a one-minute bar at :30 seconds
+    NON_FINITE = "non_finite"                    # a price or volume is infinite (inf, Infinity, 1e400)
     NAN_PRICE = "nan_price"                      # an open, high, low or close is missing
     NON_POSITIVE_PRICE = "non_positive_price"    # a price is zero or negative
+    IMPLAUSIBLE_VALUE = "implausible_value"      # a price or volume outside `Bounds`
     HIGH_BELOW_OPEN_CLOSE = "high_below_open_close"
     LOW_ABOVE_OPEN_CLOSE = "low_above_open_close"
     BAD_VOLUME = "bad_volume"                    # negative or missing volume
@@ -31,8 +36,44 @@ class Reason(str, Enum):
     OUTSIDE_SESSION = "outside_session"          # not within a trading session of the calendar
     IMPLAUSIBLE_JUMP = "implausible_jump"        # an isolated spike no corporate action explains
     UNMAPPED_TICKER = "unmapped_ticker"          # the ticker belonged to no known instrument on that date
+    MALFORMED_LINE = "malformed_line"            # a line of a CSV file that does not split into the header's columns
 
 PRICES = ["open", "high", "low", "close"]
+
+# %% ../../nbs/02a_data.validate.ipynb #b0a5d0c2
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    "What a plausible bar is; a row outside is quarantined with the bound it broke."
+    min_price: float = 1e-6       # a millionth of a currency unit: below any tick an exchange quotes
+    max_price: float = 1e7        # ten million a share: BRK.A, the dearest share, has stayed under one million
+    max_volume: float = 1e12      # shares (or contracts) in one bar: the busiest stock-days are ~1e10
+    earliest: str = "1900-01-01"  # no bar we read starts before this (UTC)
+
+    def __post_init__(self):
+        if not 0 < self.min_price < self.max_price < float("inf"):
+            raise ValueError(f"need 0 < min_price < max_price < inf, was {self.min_price} and {self.max_price}")
+        if not 0 < self.max_volume < float("inf"):
+            raise ValueError(f"max_volume must be positive and finite, was {self.max_volume}")
+        pd.Timestamp(self.earliest)  # raises on a malformed date
+
+# %% ../../nbs/02a_data.validate.ipynb #b0a5d0c3
+def _time_rules(f: pd.DataFrame, bar_size: str, bounds: Bounds, now: pd.Timestamp | None,
+                tz: str) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
+    ts = f.ts
+    unread = lambda rows: (rows.ts_note.fillna("timestamp missing") if "ts_note" in rows
+                           else pd.Series("timestamp missing or unparseable", index=rows.index))
+    early = ts < pd.Timestamp(bounds.earliest, tz="UTC")
+    late = (ts > pd.Timestamp(now)) if now is not None else pd.Series(False, index=f.index)
+    off = pd.Series(False, index=f.index)
+    if bar_size != "1d" and ts.notna().any():
+        local = ts.dt.tz_convert(tz).dt.tz_localize(None)
+        since_midnight = (local - local.dt.normalize()).to_numpy().astype("timedelta64[us]").astype(np.int64)
+        step = int(min(bar_size_delta(bar_size), pd.Timedelta(minutes=30)) / pd.Timedelta(microseconds=1))
+        off = pd.Series((since_midnight % step != 0) & ts.notna().to_numpy(), index=f.index)
+    late_text = f" or after now ({pd.Timestamp(now):%Y-%m-%d %H:%M} UTC)" if now is not None else ""
+    return [(Reason.BAD_TIMESTAMP, ts.isna(), unread),
+            (Reason.IMPLAUSIBLE_TIMESTAMP, (early | late).fillna(False), _at(f"before {bounds.earliest}{late_text}: ")),
+            (Reason.OFF_GRID, off, _at(f"between two {bar_size} bars (seconds or minutes off the grid): "))]
 
 # %% ../../nbs/02a_data.validate.ipynb #089de472
 def _text(s: pd.Series) -> pd.Series:
@@ -43,17 +84,21 @@ def _describe(f: pd.DataFrame) -> pd.Series:
     return ("o=" + _text(f.open) + " h=" + _text(f.high) + " l=" + _text(f.low)
             + " c=" + _text(f.close) + " v=" + _text(f.volume))
 
-def _row_rules(f: pd.DataFrame) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
+def _row_rules(f: pd.DataFrame, bounds: Bounds) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
     "Each rule as (reason, mask of failing rows, detail of failing rows); details are built only for those."
-    p = f[PRICES]
+    p, v = f[PRICES], f.volume
+    finite_p, finite_v = np.isfinite(p), np.isfinite(v)
     said = lambda prefix: (lambda rows: prefix + _describe(rows))
+    odd_price = finite_p & (p > 0) & ((p < bounds.min_price) | (p > bounds.max_price))
     return [
-        (Reason.BAD_TIMESTAMP, f.ts.isna(), lambda rows: pd.Series("timestamp could not be parsed", index=rows.index)),
+        (Reason.NON_FINITE, (p.notna() & ~finite_p).any(axis=1) | (v.notna() & ~finite_v), said("infinite value: ")),
         (Reason.NAN_PRICE, p.isna().any(axis=1), said("missing price: ")),
         (Reason.NON_POSITIVE_PRICE, (p <= 0).any(axis=1), said("price <= 0: ")),
+        (Reason.IMPLAUSIBLE_VALUE, odd_price.any(axis=1) | (finite_v & (v > bounds.max_volume)),
+         said(f"outside bounds (price {bounds.min_price:g} to {bounds.max_price:g}, volume <= {bounds.max_volume:g}): ")),
         (Reason.HIGH_BELOW_OPEN_CLOSE, f.high < f[["open", "close"]].max(axis=1), said("high < max(open, close): ")),
         (Reason.LOW_ABOVE_OPEN_CLOSE, f.low > f[["open", "close"]].min(axis=1), said("low > min(open, close): ")),
-        (Reason.BAD_VOLUME, f.volume.isna() | (f.volume < 0), said("volume missing or negative: ")),
+        (Reason.BAD_VOLUME, v.isna() | (v < 0), said("volume missing or negative: ")),
     ]
 
 def _at(prefix: str) -> Callable[[pd.DataFrame], pd.Series]:
@@ -61,6 +106,7 @@ def _at(prefix: str) -> Callable[[pd.DataFrame], pd.Series]:
 
 # %% ../../nbs/02a_data.validate.ipynb #632a4e82
 def _order_rules(f: pd.DataFrame) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
+    "Order and duplicate rules over rows that all have a usable timestamp."
     ts = f.ts
     out_of_order = ts < ts.cummax().shift(fill_value=ts.iloc[0] if len(ts) else pd.NaT)
     same = ts.duplicated(keep=False) & ~out_of_order
@@ -68,8 +114,8 @@ def _order_rules(f: pd.DataFrame) -> list[tuple[Reason, pd.Series, Callable[[pd.
     conflicting = duplicate = none
     if same.any():
         cols = ["ts"] + PRICES + ["volume"]
-        conflicting = same & (f[same].groupby("ts")[PRICES + ["volume"]].transform("nunique").max(axis=1) > 1
-                              ).reindex(f.index, fill_value=False)
+        values = f[same].groupby("ts", dropna=False)[PRICES + ["volume"]]
+        conflicting = same & (values.transform("nunique", dropna=False).max(axis=1) > 1).reindex(f.index, fill_value=False)
         duplicate = same & f[cols].duplicated(keep="first") & ~conflicting
     return [(Reason.OUT_OF_ORDER, out_of_order, _at("earlier than a previous row: ")),
             (Reason.CONFLICTING_DUPLICATE, conflicting, _at("several different rows at ")),
@@ -119,10 +165,17 @@ def spikes(close: pd.Series, ts: pd.Series, max_jump: float = 4.0, splits: pd.Se
 # %% ../../nbs/02a_data.validate.ipynb #6c20bce0
 def validate_bars(frame: pd.DataFrame, bar_size: str, calendar: TradingCalendar | None,
                   session: str = "regular", splits: pd.Series | None = None,
-                  max_jump: float = 4.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Split `frame` into (good rows, rejected rows with `reason` and `detail`)."
+                  max_jump: float = 4.0, bounds: Bounds = Bounds(),
+                  now: pd.Timestamp | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Split `frame` into (good rows, rejected rows with `reason` and `detail`); `now` rejects bars from the future."
     f = frame.reset_index(drop=True)
-    findings = _row_rules(f) + (_order_rules(f) if len(f) else [])
+    if not isinstance(f.ts.dtype, pd.DatetimeTZDtype) and f.ts.isna().all():  # every time unreadable: no zone
+        f["ts"] = pd.to_datetime(f.ts, utc=True)
+    findings = _time_rules(f, bar_size, bounds, now, calendar.tz if calendar is not None else "UTC")
+    timed = ~np.logical_or.reduce([m.fillna(False).to_numpy(bool) for _, m, _ in findings])
+    findings += _row_rules(f, bounds)
+    if timed.any():
+        findings += [(r, m.reindex(f.index, fill_value=False), d) for r, m, d in _order_rules(f[timed])]
     bad_mask = pd.Series(False, index=f.index)
     for _, mask, _ in findings:
         bad_mask |= mask.fillna(False).astype(bool)
