@@ -1,4 +1,6 @@
-"""The audit trail: a whole chain verifies, any tampering is found and located, PostgreSQL refuses edits."""
+"""The audit trail: a whole chain verifies, any tampering is found and located — a cut tail, an emptied table and a
+rewrite with recomputed hashes too, against anchors kept outside the store — the hashed encoding is unambiguous,
+and on PostgreSQL the role Bifrost connects as can only insert and read (tested against the real server)."""
 from __future__ import annotations
 
 import random
@@ -9,7 +11,14 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from bifrost.audit import AuditError, AuditTrail
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from bifrost.audit import GENESIS, AnchorLog, AuditError, AuditTrail, record_hash, secure_audit_log
 from bifrost.store import connect
 
 T0 = datetime(2024, 3, 1, 14, 30, tzinfo=timezone.utc)
@@ -73,7 +82,7 @@ def test_tampering_is_found_and_located(store, how):
 
 
 def test_random_single_edits_are_always_caught(store):
-    audit = AuditTrail(store)
+    audit = AuditTrail(store, anchors=None)  # each round empties and refills the table: the chain alone is checked
     fill_trail(audit, 30)
     rng = random.Random(7)
     for _ in range(5):
@@ -83,14 +92,14 @@ def test_random_single_edits_are_always_caught(store):
         tamper(store, f"UPDATE audit_log SET {col} = {val} WHERE seq = {seq}")
         report = audit.verify()
         assert not report.ok and seq in {p.seq for p in report.problems}
-        fresh = AuditTrail(store)  # start each round from an intact trail
+        fresh = AuditTrail(store, anchors=None)  # start each round from an intact trail
         tamper(store, "DELETE FROM audit_log")
         fill_trail(fresh, 30)
         assert fresh.verify().ok
 
 
-def test_truncated_tail_is_found_only_against_a_known_head(store):
-    audit = AuditTrail(store)
+def test_truncated_tail_is_found_against_a_known_head(store):
+    audit = AuditTrail(store, anchors=None)
     fill_trail(audit, 8)
     head = audit.verify()
     tamper(store, "DELETE FROM audit_log WHERE seq > 6")
@@ -147,5 +156,236 @@ def test_concurrent_appenders_keep_one_chain(store_url):
     for t in threads:
         t.join()
     assert not errors
-    report = AuditTrail(connect(store_url)).verify()
-    assert report.ok and report.records == 60
+    audit = AuditTrail(connect(store_url))
+    report = audit.verify()
+    assert report.ok and report.records == 60 and report.anchored == 60  # every append anchored, none torn
+    assert sorted(a.seq for a in audit.anchors.read()[0]) == list(range(1, 61))
+
+
+# -- anchors: a cut tail, an emptied table, a rewritten chain --------------------------------------------------
+
+@pytest.fixture
+def duck(tmp_path):
+    "A DuckDB store: the anchors and the encoding behave the same on both backends, so one is enough."
+    return connect(f"duckdb:///{tmp_path}/audit.duckdb")
+
+
+def rewrite(store, audit: AuditTrail, seq: int, payload: str) -> None:
+    "Forge record `seq`'s payload and recompute every hash from there on, so the chain itself is whole again."
+    rows = audit.records()
+    prev = GENESIS if seq == 1 else rows.hash.iat[seq - 2]
+    stmts = []
+    for r in rows[rows.seq >= seq].itertuples():
+        body = payload if r.seq == seq else r.payload
+        h = record_hash(r.seq, r.ts, r.kind, r.account, r.subject, body, prev)
+        stmts.append(f"UPDATE audit_log SET payload = '{body}', prev_hash = '{prev}', hash = '{h}' WHERE seq = {r.seq}")
+        prev = h
+    tamper(store, "; ".join(stmts))
+
+
+def test_anchors_are_published_outside_the_store_one_line_per_append(duck, bifrost_home):
+    audit = AuditTrail(duck)
+    fill_trail(audit, 3)
+    assert audit.anchors.path.is_relative_to(bifrost_home)
+    anchors, bad = audit.anchors.read()
+    rows = audit.records()
+    assert [(a.seq, a.hash) for a in anchors] == list(zip(rows.seq, rows.hash)) and not bad
+    lines = [l for l in audit.anchors.path.read_text().splitlines() if not l.startswith("#")]
+    assert lines[0].split("\t") == ["1", rows.hash.iat[0], "2024-03-01T14:30:00.000000Z"]
+    report = audit.verify()
+    assert report.ok and report.anchored == 3 and "holds its anchors through seq 3" in str(report)
+
+
+def test_cut_tail_is_found_against_the_anchors(store):
+    audit = AuditTrail(store)
+    fill_trail(audit, 8)
+    tamper(store, "DELETE FROM audit_log WHERE seq > 6")
+    report = audit.verify()
+    assert not report.ok and "records 7..8 were removed from the end" in str(report), str(report)
+
+
+def test_emptied_table_is_an_error_not_an_intact_trail(store):
+    audit = AuditTrail(store)
+    fill_trail(audit, 4)
+    tamper(store, "DELETE FROM audit_log")
+    report = audit.verify()
+    assert not report.ok and report.records == 0
+    assert "intact" not in str(report) and "the table was emptied" in str(report)
+
+
+def test_rewrite_with_recomputed_hashes_no_longer_matches_the_anchors(duck):
+    audit = AuditTrail(duck)
+    fill_trail(audit, 6)
+    rewrite(duck, audit, 3, '{"price":"99.00","qty":"3"}')
+    assert AuditTrail(duck, anchors=None).verify().ok  # the chain alone cannot tell
+    report = audit.verify()
+    assert not report.ok and min(p.seq for p in report.problems) == 3, str(report)
+    assert "rewritten" in str(report)
+    # a trail rebuilt from scratch with as many records (one of them different) does not match either
+    tamper(duck, "DELETE FROM audit_log")
+    forger = AuditTrail(duck, anchors=None)
+    for i in range(6):
+        forger.append("order.fill", f"acct{i % 3}", f"c-{i}", {"qty": Decimal(i + 1 if i != 4 else 50),
+                                                               "price": Decimal("101.25")}, T0 + timedelta(seconds=i))
+    report = audit.verify()
+    assert not report.ok and [p.seq for p in report.problems] == [5], str(report)
+
+
+def test_expected_head_holds_on_a_growing_trail(duck):
+    audit = AuditTrail(duck, anchors=None)
+    fill_trail(audit, 5)
+    first = audit.verify()
+    head = (first.head_seq, first.head_hash)
+    audit.append("order.status", "a", "c-9", {"to": "filled"}, T0)  # a legitimate append
+    grown = audit.verify(expect_head=head)
+    assert grown.ok and grown.head_seq == 6
+    assert not audit.verify(expect_head=(5, "f" * 64)).ok  # a different trail
+    rewrite(duck, audit, 2, '{"price":"1","qty":"2"}')
+    report = audit.verify(expect_head=head)
+    assert not report.ok and "expected head" in str(report)
+    tamper(duck, "DELETE FROM audit_log WHERE seq > 3")
+    assert "removed from the end" in str(audit.verify(expect_head=head))
+
+
+def test_rolled_back_append_publishes_no_anchor_and_a_joined_one_is_anchored_once_committed(duck):
+    audit = AuditTrail(duck)
+    fill_trail(audit, 1)
+    with pytest.raises(RuntimeError):
+        with duck.transaction():
+            audit.append("order.status", "a", "c-1", {"to": "x"}, T0)
+            raise RuntimeError("the effect failed")
+    assert [a.seq for a in audit.anchors.read()[0]] == [1]
+    with duck.transaction():
+        audit.append("order.status", "a", "c-2", {"to": "filled"}, T0)
+        assert [a.seq for a in audit.anchors.read()[0]] == [1]  # not yet committed
+    assert audit.verify().ok and [a.seq for a in audit.anchors.read()[0]] == [1, 2]
+    with duck.transaction():
+        audit.append("order.status", "a", "c-3", {"to": "filled"}, T0)
+    assert audit.anchor().seq == 3 and audit.verify().anchored == 3
+
+
+def test_anchor_file_lines_that_are_not_anchors_are_reported(duck):
+    audit = AuditTrail(duck)
+    fill_trail(audit, 2)
+    with open(audit.anchors.path, "a") as f:
+        f.write("2\tnot-a-hash\t2024-01-01\n")
+    report = audit.verify()
+    assert not report.ok and "is not an anchor" in str(report)
+
+
+def test_audit_verify_command_finds_a_cut_tail(duck, bifrost_home):
+    fill_trail(AuditTrail(duck), 5)
+    tamper(duck, "DELETE FROM audit_log WHERE seq > 2")
+    env = {**os.environ, "BIFROST_HOME": str(bifrost_home), "BIFROST_DB_URL": duck.url}
+    bifrost = str(Path(sys.executable).with_name("bifrost"))
+    out = subprocess.run([bifrost, "audit", "verify"], env=env, capture_output=True, text=True, timeout=120)
+    assert "BROKEN" in out.stdout and "records 3..5 were removed from the end" in out.stdout, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+# -- the hashed encoding ---------------------------------------------------------------------------------------
+
+def test_text_moved_between_fields_changes_the_hash(duck):
+    audit = AuditTrail(duck)
+    audit.append("order.fill", "acct\x1fc-1", "x", {"qty": 1}, T0)
+    audit.append("order.fill", "acct", "c-2", {"qty": 2}, T0)
+    # the unit separator moves from the account into the subject: same bytes under encoding 1
+    tamper(duck, "UPDATE audit_log SET account = 'acct', subject = 'c-1' || chr(31) || 'x' WHERE seq = 1")
+    report = audit.verify()
+    assert not report.ok and [p.seq for p in report.problems] == [1], str(report)
+
+
+def test_trail_written_in_encoding_1_still_verifies_and_grows_in_encoding_2(duck):
+    prev = GENESIS
+    for seq in (1, 2, 3):  # a trail written by an earlier Bifrost
+        ts = T0 + timedelta(seconds=seq)
+        h = record_hash(seq, ts, "order.fill", "a", f"c-{seq}", "{}", prev, encoding=1)
+        duck.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (seq, ts, "order.fill", "a", f"c-{seq}", "{}", prev, h))
+        prev = h
+    audit = AuditTrail(duck)
+    audit.append("order.fill", "a", "c-4", {}, T0)
+    report = audit.verify()
+    assert report.ok and (report.records, report.legacy) == (4, 3), str(report)
+    assert audit.records().hash.iat[3] == record_hash(4, T0, "order.fill", "a", "c-4", "{}", prev, encoding=2)
+    tamper(duck, "UPDATE audit_log SET subject = 'c-9' WHERE seq = 2")
+    assert [p.seq for p in audit.verify().problems] == [2]
+
+
+def test_records_limit_must_be_positive(duck):
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(AuditError, match="limit"):
+            AuditTrail(duck).records(limit=bad)
+
+
+# -- PostgreSQL: the app role can only insert and read -----------------------------------------------------------
+
+PG_URL = os.environ.get("BIFROST_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
+
+
+def as_role(url: str, role: str) -> str:
+    p = urlsplit(url)
+    return urlunsplit(p._replace(netloc=f"{role}@{p.hostname}:{p.port or 5432}"))
+
+
+@pytest.fixture
+def pg_app():
+    "A fresh schema and a fresh login role (no superuser) that may create schemas, as Bifrost's own role would."
+    tag = secrets.token_hex(4)
+    schema, app, owner = f"t_{tag}", f"bifrost_app_{tag}", f"audit_owner_{tag}"
+    db = urlsplit(PG_URL).path.lstrip("/")
+    root = psycopg.connect(PG_URL, autocommit=True)
+    root.execute(f"CREATE ROLE {app} LOGIN")
+    root.execute(f'GRANT CREATE ON DATABASE "{db}" TO {app}')
+    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"
+    try:
+        yield url, as_role(url, app), app, owner
+    finally:
+        root.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        root.execute(f'REVOKE CREATE ON DATABASE "{db}" FROM {app}')
+        for role in (app, owner):
+            root.execute(f"DROP OWNED BY {role}" if root.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() else "SELECT 1")
+            root.execute(f"DROP ROLE IF EXISTS {role}")
+        root.close()
+
+
+def test_postgresql_app_role_can_only_insert_and_read_the_trail(pg_app):
+    url, app_url, app, owner = pg_app
+    schema = urlsplit(url).query.split("schema=")[1]
+    audit = AuditTrail(connect(app_url))  # Bifrost's role makes and migrates its schema: it owns every table
+    fill_trail(audit, 3)
+    raw = psycopg.connect(as_role(PG_URL, app), autocommit=True)
+    raw.execute(f'SET search_path TO "{schema}"')
+    raw.execute("BEGIN")  # today's hole, shown and undone: the owner lifts the triggers
+    raw.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+    raw.execute("ROLLBACK")
+
+    admin = connect(url)
+    with pytest.raises(AuditError, match="superuser"):
+        secure_audit_log(admin, "root", owner)
+    done = secure_audit_log(admin, app, owner)
+    assert any("audit_log and its trigger function now owned by" in d for d in done), done
+    assert any(f"schema {schema} now owned by {owner}" in d for d in done), done
+    assert secure_audit_log(admin, app, owner) == []  # idempotent
+
+    refused = ["UPDATE audit_log SET subject = 'x' WHERE seq = 2", "DELETE FROM audit_log WHERE seq = 3",
+               "TRUNCATE audit_log", "ALTER TABLE audit_log DISABLE TRIGGER USER", "DROP TABLE audit_log",
+               f"ALTER TABLE audit_log OWNER TO {app}", f"SET ROLE {owner}", f'DROP SCHEMA "{schema}" CASCADE',
+               "CREATE OR REPLACE FUNCTION bifrost_audit_append_only() RETURNS trigger LANGUAGE plpgsql "
+               "AS $$ BEGIN RETURN NULL; END $$"]
+    for sql in refused:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            raw.execute(sql)
+    raw.close()
+    # and Bifrost still works as that role: appends (advisory lock, no table lock), reads, its other tables
+    app_store = connect(app_url)
+    fill_trail(AuditTrail(app_store), 2)
+    app_store.execute("INSERT INTO trading_controls (name, value, set_at, reason) VALUES ('x', 'on', ?, 'test')", [T0])
+    report = AuditTrail(app_store).verify()
+    assert report.ok and report.records == 5 and report.anchored == 5, str(report)
+
+
+def test_secure_audit_log_is_postgresql_only(duck):
+    with pytest.raises(AuditError, match="only PostgreSQL"):
+        secure_audit_log(duck, "bifrost")
