@@ -7,14 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from bifrost.core import LiveClock
-from bifrost.pipelines.runs import (RunLockedError, SecretParameterError, list_runs, lock_holder, run_pipeline,
-                                    show_run)
+from bifrost.pipelines.runs import (RunError, RunLockedError, SecretParameterError, list_runs, lock_holder,
+                                    run_pipeline, show_run)
 from bifrost.store import connect
 
 # A pipeline that inserts a row in its own transaction, then (if told to) announces itself and sleeps inside it,
@@ -199,3 +200,54 @@ def test_environment_secret_never_lands_in_a_record(tmp_path, monkeypatch):
             assert secret not in f.read_text(errors="replace"), f
     rows = store.query("SELECT * FROM pipeline_runs").astype(str)
     assert not rows.apply(lambda col: col.str.contains(secret)).any().any()
+
+
+def test_a_path_is_not_a_pipeline_name_and_nothing_is_created(tmp_path, bifrost_home):
+    src = make_pipeline(tmp_path / "home" / "pipelines")
+    evil = tmp_path / "evil.ipynb"
+    make_pipeline(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "probe.ipynb").rename(evil)
+    store = connect(f"duckdb:///{tmp_path}/runs.duckdb")
+    for name in ("../evil", "../../evil", str(tmp_path / "evil"), "probe/../../evil", "pro be", ""):
+        with pytest.raises(RunError, match="not a pipeline name") as err:
+            run_pipeline(name, {"account": "desk"}, store=store, clock=LiveClock(), source_dir=src)
+        assert "pipelines: probe" in err.value.hint
+    assert list_runs(store).empty and not (bifrost_home / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "evil.ipynb", "home", "runs.duckdb"]
+
+
+def test_bifrost_run_refuses_a_path_listing_the_pipelines(tmp_path, bifrost_home):
+    env = {**os.environ, "BIFROST_HOME": str(bifrost_home), "BIFROST_DB_URL": f"duckdb:///{tmp_path}/s.duckdb"}
+    bifrost = str(Path(sys.executable).with_name("bifrost"))
+    out = subprocess.run([bifrost, "run", "../../somewhere/evil"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "pipelines: eod_report, ingest, trade" in text and "Traceback" not in text, text
+    assert not list(tmp_path.parent.glob("somewhere")) and not (bifrost_home / "runs").exists()
+
+
+def test_a_run_names_the_html_reports_it_wrote(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}
+    params = nbformat.v4.new_code_cell('store = "scratch"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import os\nfrom pathlib import Path\n"
+        "Path(os.environ['BIFROST_RUN_DIR'], 'eod_desk.html').write_text('<html>tear sheet</html>')")]
+    (tmp_path / "src").mkdir()
+    nbformat.write(nb, tmp_path / "src" / "report.ipynb")
+    store = connect(f"duckdb:///{tmp_path}/runs.duckdb")
+    run = run_pipeline("report", {}, store=store, clock=LiveClock(), output_dir=tmp_path / "out",
+                       source_dir=tmp_path / "src")
+    assert run.status == "succeeded" and run.reports == (tmp_path / "out" / "eod_desk.html",)
+    assert show_run(store, run.run_id).reports == run.reports
+
+
+def test_a_run_anchors_the_audit_trail_it_leaves(tmp_path):
+    from bifrost.audit import AuditTrail
+    store, src = connect(f"duckdb:///{tmp_path}/runs.duckdb"), make_pipeline(tmp_path / "src")
+    quiet = AuditTrail(store, anchors=None)  # records written without publishing anchors (as inside an OMS's transaction)
+    quiet.append("order.status", "desk", "c-1", {"to": "new"}, datetime(2024, 1, 2, tzinfo=timezone.utc))
+    run_pipeline("probe", {"account": "desk"}, store=store, clock=LiveClock(), output_dir=tmp_path / "out",
+                 source_dir=src)
+    assert AuditTrail(store).verify().anchored == 1

@@ -22,13 +22,15 @@ import pandas as pd
 import psutil
 import yaml
 
+from ..audit import AuditTrail
 from ..core import BifrostError, Clock, load_settings
 from ..store import Store, connect
 
 # %% auto #0
-__all__ = ['STATUSES', 'SECRET_WORDS', 'RUN_COLUMNS', 'RunError', 'SecretParameterError', 'RunLockedError', 'pipelines_dir',
-           'check_params', 'parse_params', 'RunRecord', 'list_runs', 'show_run', 'lock_name', 'lock_holder',
-           'acquire_lock', 'release_lock', 'break_lock', 'run_pipeline', 'pipeline_store', 'data_source']
+__all__ = ['STATUSES', 'SECRET_WORDS', 'RUN_COLUMNS', 'PIPELINE_NAME', 'RunError', 'SecretParameterError', 'RunLockedError',
+           'pipelines_dir', 'check_params', 'parse_params', 'RunRecord', 'list_runs', 'show_run', 'lock_name',
+           'lock_holder', 'acquire_lock', 'release_lock', 'break_lock', 'list_pipelines', 'pipeline_path',
+           'run_pipeline', 'pipeline_store', 'data_source']
 
 # %% ../../nbs/10a_pipelines.runs.ipynb #528bfae3
 class RunError(BifrostError):
@@ -102,6 +104,11 @@ class RunRecord:
     def duration(self) -> float | None:
         "Seconds from start to end (None while running)."
         return None if self.ended_at is None else (self.ended_at - self.started_at).total_seconds()
+
+    @property
+    def reports(self) -> tuple[Path, ...]:
+        "The HTML reports the run wrote into its folder (the end-of-day tear sheet), by name."
+        return () if not self.output_path else tuple(sorted(Path(self.output_path).parent.glob("*.html")))
 
     @classmethod
     def from_row(cls, row: Mapping) -> RunRecord:
@@ -209,6 +216,25 @@ def break_lock(store: Store, name: str, at: datetime, reason: str = "broken by h
         store.execute("DELETE FROM run_locks WHERE name = ?", [name])
     return held["run_id"]
 
+# %% ../../nbs/10a_pipelines.runs.ipynb #3ef6c0a3
+PIPELINE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+def list_pipelines(source_dir: Path | str | None = None) -> list[str]:
+    "The names of the pipelines in `source_dir` (default: `pipelines_dir()`)."
+    return sorted(p.stem for p in Path(source_dir or pipelines_dir()).glob("*.ipynb") if PIPELINE_NAME.fullmatch(p.stem))
+
+def pipeline_path(name: str, source_dir: Path | str | None = None) -> Path:
+    "The notebook of pipeline `name`: a name (letters, digits, `_`, `-`) of a notebook in the pipelines folder, never a path."
+    folder = Path(source_dir or pipelines_dir())
+    known = ", ".join(list_pipelines(folder)) or "none"
+    if not isinstance(name, str) or not PIPELINE_NAME.fullmatch(name):
+        raise RunError(f"{name!r} is not a pipeline name: a pipeline is named, not given by a path",
+                       hint=f"pipelines: {known} (e.g. bifrost run {known.split(', ')[0]})")
+    source = folder / f"{name}.ipynb"
+    if not source.is_file():
+        raise RunError(f"no pipeline {name!r} in {folder}", hint=f"pipelines: {known}")
+    return source
+
 # %% ../../nbs/10a_pipelines.runs.ipynb #0597c287
 def _last_error(log: Path) -> str:
     lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if l.strip()] if log.exists() else []
@@ -219,10 +245,7 @@ def run_pipeline(name: str, params: Mapping[str, Any] | None = None, *, store: S
                  output_dir: Path | str | None = None, source_dir: Path | str | None = None,
                  scheduled_for: datetime | None = None, timeout: float | None = None) -> RunRecord:
     "Execute pipeline notebook `name` with `params` under Papermill, recorded in the run registry."
-    source = Path(source_dir or pipelines_dir()) / f"{name}.ipynb"
-    if not source.is_file():
-        known = sorted(p.stem for p in source.parent.glob("*.ipynb"))
-        raise RunError(f"no pipeline {name!r} in {source.parent}", hint=f"pipelines: {', '.join(known) or 'none'}")
+    source = pipeline_path(name, source_dir)
     params = {"store": "settings", **check_params(params)}
     started = clock.now()
     run_id = f"{name}-{started:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
@@ -258,6 +281,7 @@ def run_pipeline(name: str, params: Mapping[str, Any] | None = None, *, store: S
             store.execute("UPDATE pipeline_runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ?",
                           [status, clock.now(), error, run_id])
             release_lock(store, lock, run_id)
+        AuditTrail(store).anchor()  # the end of a batch: what the run audited is anchored outside the store
     return show_run(store, run_id)
 
 # %% ../../nbs/10a_pipelines.runs.ipynb #92b0b07b
