@@ -285,3 +285,19 @@ def test_list_portfolios_when_several_then_one_row_each_with_counts(market, tmp_
     statement = tmp_path / "broker.json"
     statement.write_text(json.dumps({"positions": {}, "cash": {"USD": "1.00"}}))
     assert Portfolio.load(market, "b").reconcile(Statement.from_file(statement)).empty
+
+
+def test_cash_when_a_holding_has_no_price_then_cash_is_still_reported(market):
+    # cash needs no market prices: a holding with no bar at all (a fresh listing) must not stop the cash report
+    market.upsert("instruments", pd.DataFrame({"symbol": ["NEWCO"], "name": ["New Co"], "asset_class": "equity",
+                                               "currency": ["USD"], "exchange": ["XNYS"], "tick_size": 0.01,
+                                               "lot_size": 1, "sector": None}), key=["symbol"])
+    p = Portfolio.open(market, "unpriced", opened_at=at("2014-06-02", 0))
+    p.deposit("10000.00", ts=at("2014-06-02", 13))
+    p.apply(fill("n1", "2014-06-03", "buy", 10, "20.00", sym="NEWCO"))
+    with pytest.raises(LedgerError, match="no price for NEWCO"):
+        p.nav("2014-06-04")  # NAV does need one
+    cash = p.cash("2014-06-04")
+    assert cash.to_dict("records") == [{"currency": "USD", "cash": D("9799.00"), "receivable": D("0"),
+                                        "fx_rate": D(1), "value_base": D("9799.00")}]
+    assert isinstance(cash.cash.iat[0], Decimal)

@@ -100,12 +100,20 @@ class Portfolio(Journal):
 
     @exact
     def cash(self, as_of=None) -> pd.DataFrame:
-        "Cash and dividends receivable per currency at `as_of`, and their value in the base currency."
-        v = self.valuation(as_of)
+        "Cash and dividends receivable per currency at `as_of`, and their value in the base currency (no prices needed)."
+        t = self._as_of(as_of)
+        book = self.state(t)
+        cash, receivable = book.cash(t), book.receivables(t)
+        held = set(cash) | set(receivable)
+        rates = self._market([], held, t, t).rates(held, t)  # exchange rates only: cash is never marked to a price
         rows = []
-        for cur in sorted(set(v.cash) | set(v.receivables)):
-            c, r = v.cash.get(cur, ZERO), v.receivables.get(cur, ZERO)
-            rate = v.rates.get(cur, Decimal(1))
+        for cur in sorted(held):
+            c, r = cash.get(cur, ZERO), receivable.get(cur, ZERO)
+            rate = rates.get(cur)
+            if rate is None and c + r:
+                raise LedgerError(f"no {cur}/{self.base_currency} rate at {t.isoformat()} to value the {cur} cash",
+                                  hint="write one to the fx_rates table (write_fx_rates)")
+            rate = rate or Decimal(1)
             rows.append((cur, c, r, rate, convert(c + r, rate, self.base_currency)))
         return pd.DataFrame(rows, columns=["currency", "cash", "receivable", "fx_rate", "value_base"])
 
