@@ -599,6 +599,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                               'bifrost/compliance/washsale.py'),
                                              'bifrost.compliance.washsale.form_8949': ( 'compliance.washsale.html#form_8949',
                                                                                         'bifrost/compliance/washsale.py'),
+                                             'bifrost.compliance.washsale.holding_start': ( 'compliance.washsale.html#holding_start',
+                                                                                            'bifrost/compliance/washsale.py'),
                                              'bifrost.compliance.washsale.wash_sale_frame': ( 'compliance.washsale.html#wash_sale_frame',
                                                                                               'bifrost/compliance/washsale.py'),
                                              'bifrost.compliance.washsale.wash_sales': ( 'compliance.washsale.html#wash_sales',

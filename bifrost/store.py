@@ -146,6 +146,9 @@ CREATE TABLE IF NOT EXISTS news_dropped (
 ALTER TABLE strategy_promotions ADD COLUMN stage TEXT NOT NULL DEFAULT 'paper';
 UPDATE strategy_promotions SET stage = 'live', reason = ltrim(substr(reason, 7)) WHERE reason LIKE '[live]%';
 """),
+    (10, "strategy source", """
+ALTER TABLE strategy_versions ADD COLUMN source TEXT;
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

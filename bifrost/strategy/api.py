@@ -436,18 +436,46 @@ class MeanReversion(Strategy):
 # %% ../../nbs/08a_strategy.api.ipynb #f43f27d0
 EXAMPLES: dict[str, type[Strategy]] = {"sma_cross": SmaCross, "momentum": Momentum, "mean_reversion": MeanReversion}
 
+def _import_file(path: str):
+    "The module in the file at `path`, imported under its file name (as `python path` would see it)."
+    import importlib.util, sys
+    from pathlib import Path
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise StrategyError(f"no file {path}", hint="give the path of a .py file, e.g. strategies/trend.py:Trend")
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[file.stem] = module  # as an import would: the classes in it know their module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[file.stem]
+        raise StrategyError(f"{path} failed to load: {type(err).__name__}: {err}") from err
+    return module
+
 def load_strategy(name: str) -> type[Strategy]:
-    "The Strategy class called `name`: an example's short name or `module:Class`."
+    "The Strategy class called `name`: an example's short name, `path/to/file.py:Class` or `module:Class`."
     if name in EXAMPLES:
         return EXAMPLES[name]
     if ":" not in name:
-        raise StrategyError(f"unknown strategy {name!r}", hint=f"use one of {sorted(EXAMPLES)} or module:ClassName")
+        raise StrategyError(f"unknown strategy {name!r}",
+                            hint=f"use one of {sorted(EXAMPLES)}, path/to/file.py:ClassName or module:ClassName")
     import importlib
-    module, _, attr = name.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise StrategyError(f"cannot load strategy {name!r}: {err}") from err
+    module, _, attr = name.rpartition(":")
+    if module.endswith(".py"):
+        mod = _import_file(module)
+    else:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            raise StrategyError(f"cannot load strategy {name!r}: {err}",
+                                hint=f"give the file instead ({module.replace('.', '/')}.py:{attr}), or put the "
+                                     f"folder that holds {module.split('.')[0]} on PYTHONPATH") from err
+    cls = getattr(mod, attr, None)
+    if cls is None:
+        found = sorted(k for k, v in vars(mod).items() if isinstance(v, type) and issubclass(v, Strategy)
+                       and v.__module__ == mod.__name__)
+        raise StrategyError(f"{module} has no {attr}", hint=f"strategies there: {', '.join(found) or 'none'}")
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise StrategyError(f"{name!r} is not a Strategy subclass")
     return cls

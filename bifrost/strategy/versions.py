@@ -8,8 +8,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
+import pickle
 import platform
 import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -22,18 +26,21 @@ from ..audit import AuditTrail
 from ..core import Clock
 from ..risk.limits import LimitError, load_limits
 from ..store import Store
-from .api import Panel, Strategy, StrategyError
+from .api import FIELDS, Panel, Strategy, StrategyError
+from .source import build_class, packaged, sample_panel, strategy_source
 
 # %% auto #0
-__all__ = ['STAGES', 'code_hash', 'strategy_version', 'register', 'list_versions', 'promotions', 'Promotion', 'current_promotion',
-           'live_readiness', 'promote', 'build_version', 'promoted', 'rollback', 'data_hash', 'run_manifest']
+__all__ = ['STAGES', 'code_hash', 'strategy_version', 'rebuild_check', 'register', 'list_versions', 'promotions', 'Promotion',
+           'current_promotion', 'live_readiness', 'promote', 'build_version', 'promoted', 'rollback', 'data_hash',
+           'run_manifest']
 
 # %% ../../nbs/08g_strategy.versions.ipynb #05c743ca
 def code_hash(cls: type) -> str:
-    "SHA-256 of the source of `cls` and of every Strategy class it inherits from."
-    parts = []
+    "SHA-256 of the captured source of `cls` (unless Bifrost ships it) and of every shipped Strategy class it inherits from."
+    own = strategy_source(cls)
+    parts = [] if own is None else [own]
     for klass in cls.__mro__:
-        if klass is Strategy or not issubclass(klass, Strategy):
+        if klass is Strategy or not issubclass(klass, Strategy) or not packaged(klass):
             continue
         try:
             parts.append(inspect.getsource(klass))
@@ -50,13 +57,60 @@ def strategy_version(strategy: Strategy) -> str:
 def _class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
-def register(store: Store, strategy: Strategy, clock: Clock, name: str | None = None, note: str = "") -> str:
-    "Record `strategy`'s version under `name` (default: its class name); registering twice changes nothing."
+_REBUILD = """
+import pickle, sys
+from bifrost.strategy.source import build_class
+from bifrost.strategy.versions import strategy_version
+job = pickle.load(sys.stdin.buffer)
+s = build_class(job["source"], job["name"], job["version"])(**job["spec"])
+pickle.dump({"version": strategy_version(s), "spec": s.spec(), "targets": s.run_targets(job["panel"])}, sys.stdout.buffer)
+"""
+
+def rebuild_check(strategy: Strategy, source: str, panel: Panel | None = None, timeout: float = 300) -> None:
+    "Rebuild `strategy` from `source` in a new Python (no PYTHONPATH, another folder) and compare version, spec and targets."
+    name, version = type(strategy).__name__, strategy_version(strategy)
+    panel = panel if panel is not None else sample_panel(strategy.bar_size)
+    n = min(len(panel), max(300, strategy.warmup + 50))
+    panel = Panel(*(getattr(panel, f).iloc[-n:] for f in FIELDS), bar_size=panel.bar_size)
+    try:
+        here = strategy.run_targets(panel)
+    except StrategyError as err:
+        raise StrategyError(f"{name} could not be checked on {panel!r}: {err}",
+                            hint="register it with the bars it trades: register(store, strategy, clock, panel=panel)"
+                            ) from err
+    job = pickle.dumps({"source": source, "name": name, "version": version, "spec": strategy.spec(), "panel": panel})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with tempfile.TemporaryDirectory() as folder:
+        out = subprocess.run([sys.executable, "-I", "-c", _REBUILD], input=job, capture_output=True, cwd=folder,
+                             env=env, timeout=timeout)
+    if out.returncode:
+        why = (out.stderr.decode(errors="replace").strip().splitlines() or ["it exited with no message"])[-1]
+        raise StrategyError(f"{name} cannot be rebuilt from its source in a new process: {why}",
+                            hint="a strategy may use installed packages, literals and what is defined beside it; "
+                                 "define what is missing in the notebook or module, run it again, then register")
+    there = pickle.loads(out.stdout)
+    if there["version"] != version or there["spec"] != strategy.spec():
+        raise StrategyError(f"{name} rebuilt in a new process is version {there['version']} with {there['spec']}, "
+                            f"not {version} with {strategy.spec()}")
+    if not there["targets"].equals(here):
+        bad = (there["targets"].fillna(-9e99) != here.fillna(-9e99)).any(axis=1)
+        raise StrategyError(f"{name} rebuilt in a new process gives other targets (first on {bad.idxmax()})",
+                            hint="its targets depend on something outside its source: state, a file, randomness "
+                                 "without a seed")
+
+def register(store: Store, strategy: Strategy, clock: Clock, name: str | None = None, note: str = "",
+             panel: Panel | None = None, # bars to check the rebuild on (default: a small shipped sample)
+             ) -> str:
+    "Record `strategy`'s version and source under `name` (default: its class name); registering twice changes nothing."
     version = strategy_version(strategy)
+    source = strategy_source(type(strategy))
+    known = store.query("SELECT version FROM strategy_versions WHERE version = ?", [version])
+    if source is not None and known.empty:
+        rebuild_check(strategy, source, panel)  # refused now, not on the day it should trade
     store.upsert("strategy_versions", pd.DataFrame([{
         "version": version, "name": name or type(strategy).__name__, "class_path": _class_path(type(strategy)),
         "params": json.dumps(strategy.spec(), sort_keys=True), "code_hash": code_hash(type(strategy)),
-        "registered_at": pd.Timestamp(clock.now()), "note": note}]), ["version"], update=False)
+        "registered_at": pd.Timestamp(clock.now()), "note": note, "source": source}]), ["version"], update=False)
     return version
 
 def list_versions(store: Store, name: str | None = None) -> pd.DataFrame:
@@ -149,13 +203,15 @@ def _record(store: Store, name: str, version: str, stage: str, clock: Clock, rea
             "reason": reason, "stage": stage}]), ["name", "seq"])
 
 def build_version(store: Store, version: str) -> Strategy:
-    "Strategy `version` rebuilt from its registration, refused if its code (or what it was built from) changed since."
+    "Strategy `version` rebuilt from its registration (its stored source, or Bifrost's class), refused if its code changed."
     from bifrost.strategy.api import load_strategy
-    row = store.query("SELECT class_path, params FROM strategy_versions WHERE version = ?", [version])
+    row = store.query("SELECT class_path, params, source FROM strategy_versions WHERE version = ?", [version])
     if row.empty:
         raise StrategyError(f"no registered strategy version {version!r}", hint="see `bifrost strategy list`")
-    path = row.class_path.iat[0]
-    strategy = load_strategy(path)(**json.loads(row.params.iat[0]))
+    path, source = row.class_path.iat[0], row.source.iat[0]
+    cls = (build_class(source, path.rpartition(":")[2], version) if isinstance(source, str)  # from the store alone
+           else load_strategy(path))
+    strategy = cls(**json.loads(row.params.iat[0]))
     if strategy_version(strategy) != version:
         raise StrategyError(f"the code of {path} changed since version {version} was registered",
                             hint="register and promote the new version, or restore the code")
