@@ -5,7 +5,8 @@ import re
 
 from typer.testing import CliRunner
 
-from bifrost.cli import DEMO_STEPS, app
+from bifrost.cli import app
+from bifrost.demo import DEMO_STEPS
 
 
 def test_demo_runs_end_to_end_and_reruns(tmp_path):
