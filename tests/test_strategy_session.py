@@ -209,3 +209,83 @@ def test_compare_trades_when_size_timing_extra_then_each_effect_at_the_close():
     assert Decimal(r.loc["size", "pnl_effect"]) == 10 * (Decimal("11.00") - Decimal("10.0"))
     assert Decimal(r.loc["timing", "pnl_effect"]) == -50 * (Decimal("11") - Decimal("10.50")) + 50 * (Decimal("11") - Decimal("10.4"))
     assert Decimal(r.loc["extra", "pnl_effect"]) == 10 * (Decimal("19") - Decimal("20")) - 1
+
+
+# -- issue 15: fills exactly once, partial fills included -------------------------------------------------------------
+from bifrost.risk.limits import open_alerts  # noqa: E402
+from bifrost.strategy.api import Param, Strategy  # noqa: E402
+from bifrost.ui.cockpit import snapshot  # noqa: E402
+
+BREAKOUT_DAY = dt.date(2013, 10, 9)
+
+
+class Breakout(Strategy):
+    "All in when the close reaches the rolling `window`-bar high of closes, flat otherwise."
+    bar_size = "1min"
+    window = Param(20, 2, 500)
+
+    @property
+    def warmup(self) -> int:
+        return self.window
+
+    def targets(self, panel):
+        return (panel.close >= panel.close.rolling(self.window).max()).astype(float)
+
+
+def _breakout(store, account="acct"):
+    clock = SimulatedClock(T0)
+    v = register(store, Breakout(), clock, name="breakout")
+    promote(store, "breakout", v, clock, "paper")
+    save_limits(store, account, Limits(max_daily_loss=Decimal("0.05")), T0, T0, "paper account", AuditTrail(store))
+    return v
+
+
+def test_session_when_orders_fill_partially_then_oms_ledger_and_broker_agree(spy):
+    "SPY 2013-10-09, pre-market minutes thinner than the order: partial fills, each booked once, the rest never resent."
+    _breakout(spy)
+    s = trade_session(spy, "acct", BREAKOUT_DAY, strategy="breakout", symbols=["SPY"], progress=False)
+    assert s.status == "done"
+    orders = spy.query("SELECT client_order_id, side, quantity, status, filled_quantity FROM orders")
+    fills = spy.query("SELECT client_order_id, side, quantity FROM order_fills")
+    per_order = fills.groupby("client_order_id").quantity.agg(lambda q: sum(Decimal(x) for x in q))
+    assert (fills.client_order_id.value_counts() > 1).any(), "the day should fill some order in parts"
+    assert set(orders.status) <= {"filled", "cancelled"}, "nothing is left working or partially filled"
+    for r in orders.itertuples():
+        assert Decimal(r.filled_quantity) == per_order.get(r.client_order_id, Decimal(0)) <= Decimal(r.quantity)
+    signed = sum(Decimal(q) * (1 if side == "buy" else -1) for side, q in zip(fills.side, fills.quantity))
+    book = spy.query("SELECT side, quantity FROM ledger_transactions WHERE portfolio = 'acct' AND kind = 'fill'")
+    assert sum(Decimal(q) * (1 if side == "buy" else -1) for side, q in zip(book.side, book.quantity)) == signed
+    assert len(book) == len(fills)  # every fill in the ledger exactly once
+    assert spy.scalar("SELECT count(*) FROM reconciliation_breaks") == 0
+
+
+class _Skims(PaperBroker):
+    "A broker that takes a cent nobody told the ledger about, once, at noon."
+    def on_bar(self, bar):
+        if bar.ts.hour == 16 and bar.ts.minute == 0:
+            self._cash -= Decimal("0.01")
+        return super().on_bar(bar)
+
+
+def test_session_when_ledger_breaks_then_recorded_alerted_audited_and_shown_in_the_cockpit(spy):
+    _breakout(spy)
+    clock = SimulatedClock(dt.datetime(2013, 10, 9, 8, tzinfo=dt.timezone.utc))
+    broker = _Skims(clock, cash=Decimal(100_000), participation=None, extended_hours=True)
+    with pytest.raises(StrategyError, match="breaks with paper"):
+        trade_session(spy, "acct", BREAKOUT_DAY, strategy="breakout", symbols=["SPY"], clock=clock, broker=broker,
+                      progress=False)
+    row = spy.query("SELECT status, summary FROM trading_sessions")
+    assert row.status.iat[0] == "failed" and "breaks with paper" in json.loads(row.summary.iat[0])["error"]
+    breaks = spy.query("SELECT txn_id, kind, item, ledger, broker, difference FROM reconciliation_breaks")
+    assert breaks.to_dict("records") == [{"txn_id": "session 2013-10-09", "kind": "cash", "item": "USD",
+                                          "ledger": breaks.ledger.iat[0], "broker": breaks.broker.iat[0],
+                                          "difference": "0.01"}]
+    alerts = open_alerts(spy, "acct")
+    assert alerts.kind.tolist() == ["reconciliation_break"] and alerts.severity.iat[0] == "critical"
+    trail = AuditTrail(spy)
+    assert trail.records(kind="reconcile.break").subject.tolist() == ["cash:USD"]
+    assert "reconciliation_break" in trail.records(kind="risk.breach").subject.tolist()
+    assert trail.verify().ok
+    shot = snapshot(spy, "acct")
+    assert shot.sessions.status.tolist() == ["failed"] and "breaks with paper" in shot.sessions.error.iat[0]
+    assert shot.breaks.kind.tolist() == ["cash"] and shot.alerts.kind.tolist() == ["reconciliation_break"]

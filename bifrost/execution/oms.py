@@ -5,15 +5,21 @@
 # %% ../../nbs/06c_execution.oms.ipynb #59aa5a86
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from ..core import (AccountState, Broker, BrokerOrder, BrokerUnavailableError, Check, Clock, Decision, Fill,
-                          Order, OrderRejectedError, OrderStatus, TimeInForce, TradingCalendar, Verdict)
+                          Order, OrderRejectedError, OrderStatus, StoreLockedError, TimeInForce, TradingCalendar,
+                          Verdict)
 from .orders import (OPEN_STATUSES, IllegalTransitionError, OrderError, OrderJournal, OrderRecord)
 from .resilience import (BrokerCaller, CircuitBreaker, CircuitOpenError, CircuitState, RetryPolicy,
                                           log)
@@ -23,24 +29,103 @@ from ..portfolio.transactions import Transaction
 from ..store import Store
 
 # %% auto #0
-__all__ = ['KILL_SWITCH', 'set_kill_switch', 'kill_switch', 'kill_switch_on', 'OMS']
+__all__ = ['KILL_SWITCH', 'switch_file', 'set_kill_switch', 'audit_kill_switch', 'kill_switch', 'kill_switch_on', 'OMS']
 
 # %% ../../nbs/06c_execution.oms.ipynb #d3f8a06c
 KILL_SWITCH = "kill_switch"
 
-def set_kill_switch(store: Store, on: bool, reason: str, at: datetime, audit) -> None:
+def switch_file(store: Store) -> Path | None:
+    "Where a DuckDB store keeps its kill switch: a file beside the database, which no writer's lock can block (None on PostgreSQL)."
+    path = getattr(store, "path", None)
+    return Path(f"{path}.kill_switch.json") if store.dialect == "duckdb" and path else None
+
+@contextmanager
+def _switch_lock(path: Path) -> Iterator[None]:
+    "One process at a time reads-then-writes the switch file (an OS lock held for microseconds, never by a writer)."
+    with open(f"{path}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+def _read_switch(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:  # unreadable: fail safe, trading stays off
+        return {"on": True, "set_at": None, "reason": f"the kill switch file {path} is unreadable: {err}", "pending": []}
+
+def _write_switch(path: Path, state: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state, sort_keys=True))
+    os.replace(tmp, path)  # atomic: a reader sees the old state or the new, never half of one
+
+def _record_switch(store: Store, audit, changes: list[dict]) -> None:
+    "Audit each change of the switch, then store the last in `trading_controls` (one transaction)."
+    with store.transaction():
+        for c in changes:
+            at = datetime.fromisoformat(c["set_at"])
+            audit.append("control.kill_switch", "*", KILL_SWITCH, {"on": c["on"], "reason": c["reason"]}, at)
+            store.execute("INSERT INTO trading_controls (name, value, set_at, reason) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT (name) DO UPDATE SET value = excluded.value, set_at = excluded.set_at, "
+                          "reason = excluded.reason", [KILL_SWITCH, "on" if c["on"] else "off", at, c["reason"]])
+
+@contextmanager
+def _waiting_at_most(store: Store, seconds: float) -> Iterator[None]:
+    "DuckDB: give up on a held file after `seconds` instead of the store's usual minute."
+    old = getattr(store, "lock_timeout", None)
+    if old is not None:
+        store.lock_timeout = min(old, seconds)
+    try:
+        yield
+    finally:
+        if old is not None:
+            store.lock_timeout = old
+
+def set_kill_switch(store: Store, on: bool, reason: str, at: datetime, audit, wait: float = 0.5) -> None:
     "Turn trading off (`on=True`: no new orders, open ones cancelled by every OMS's next cycle) or back on."
     if not reason or not reason.strip():
         raise OrderError("the kill switch needs a reason", hint="say why, e.g. 'runaway strategy', 'market halt'")
-    with store.transaction():
-        audit.append("control.kill_switch", "*", KILL_SWITCH, {"on": bool(on), "reason": reason}, at)
-        store.execute("INSERT INTO trading_controls (name, value, set_at, reason) VALUES (?, ?, ?, ?) "
-                      "ON CONFLICT (name) DO UPDATE SET value = excluded.value, set_at = excluded.set_at, "
-                      "reason = excluded.reason", [KILL_SWITCH, "on" if on else "off", at, reason])
+    change = {"on": bool(on), "reason": reason, "set_at": at.isoformat()}
+    path = switch_file(store)
+    if path is None:  # PostgreSQL: a row no writer holds for long
+        _record_switch(store, audit, [change])
+    else:
+        with _switch_lock(path):  # an OMS that reads the new state audits it first, after this lock is let go
+            todo = [*(_read_switch(path) or {}).get("pending", []), change]
+            _write_switch(path, {**change, "pending": todo})
+            try:  # audited at once unless another process holds the store; then by the next OMS to read it
+                with _waiting_at_most(store, wait):
+                    _record_switch(store, audit, todo)
+                _write_switch(path, {**change, "pending": []})
+            except StoreLockedError:
+                log.warning("kill switch: the store is held by another process; its audit record follows when an "
+                            "OMS next reads the switch")
     log.warning("kill switch %s: %s", "ON" if on else "off", reason)
 
+def audit_kill_switch(store: Store, audit) -> int:
+    "Write the switch changes made while another process held the store to its audit trail (an OMS does, before acting on them)."
+    path = switch_file(store)
+    if path is None or not (_read_switch(path) or {}).get("pending"):
+        return 0
+    with _switch_lock(path):
+        state = _read_switch(path) or {}
+        todo = state.get("pending", [])
+        if todo:
+            _record_switch(store, audit, todo)
+            _write_switch(path, {**state, "pending": []})
+    return len(todo)
+
 def kill_switch(store: Store) -> dict:
-    "The kill switch's state: `on`, and when and why it was last set."
+    "The kill switch's state: `on`, and when and why it was last set (on DuckDB read from its file, never blocked)."
+    path = switch_file(store)
+    state = None if path is None else _read_switch(path)
+    if state is not None:
+        at = state.get("set_at")
+        return {"on": bool(state["on"]), "set_at": None if at is None else datetime.fromisoformat(at),
+                "reason": state["reason"]}
     row = store.query("SELECT value, set_at, reason FROM trading_controls WHERE name = ?", [KILL_SWITCH])
     if row.empty:
         return {"on": False, "set_at": None, "reason": ""}
@@ -128,6 +213,7 @@ class OMS:
     # -- submitting ----------------------------------------------------------------------------------------
     def _controls(self, order: Order) -> tuple[Check, ...]:
         out = []
+        audit_kill_switch(self.store, self.audit)  # a change made while this process held the store: audited first
         ks = kill_switch(self.store)
         if ks["on"]:
             out.append(Check("control", "kill_switch", Verdict.BLOCK, f"trading is off: {ks['reason']}"))
@@ -367,6 +453,7 @@ class OMS:
 
     def sync(self) -> dict:
         "One cycle: read the kill switch, record new fills, reconcile every open order with the broker, expire DAY orders."
+        audit_kill_switch(self.store, self.audit)
         now, killed = self.clock.now(), kill_switch_on(self.store)
         report = {"kill_switch": killed, "new_fills": 0, "checked": len(self._orders())}
         try:

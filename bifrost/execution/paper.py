@@ -58,7 +58,7 @@ class PaperBroker:
                  instruments: Mapping[str, Instrument] | None = None,  # tick and lot size by symbol (default: cents, 1)
                  commission: Commission = Commission(),
                  slippage: Slippage | ImpactSlippage = Slippage(),  # fixed bps, or growing with the fill's share of the bar
-                 participation: Decimal | int | str | None = Decimal(1),  # most of a bar's volume we take; None: no cap
+                 participation: Decimal | int | str | None = Decimal(1),  # most of a bar's volume we take; None: all of it
                  calendar: TradingCalendar | None = None,  # sessions and closes (default: XNYS)
                  extended_hours: bool = False):  # fill in pre- and post-market bars too
         self.clock, self.commission, self.slippage = clock, commission, slippage
@@ -139,7 +139,8 @@ class PaperBroker:
         "Fill what `bar` allows of the working orders in its symbol, after expiring day orders; return the new fills."
         lot = Decimal(self._instrument(bar.symbol).lot_size)
         o, h, lo, volume = _price(bar.open), _price(bar.high), _price(bar.low), _price(bar.volume)
-        room = volume if self.participation is None else (volume * self.participation // lot) * lot
+        share = volume if self.participation is None else volume * self.participation
+        room = (share // lot) * lot  # whole lots: None takes up to the bar's whole volume
         return self._match(bar.symbol, bar.ts, {Side.BUY: (o, h, lo), Side.SELL: (o, h, lo)}, [room, room], True, True,
                            volume)
 

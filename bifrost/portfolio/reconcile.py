@@ -17,7 +17,7 @@ import pandas as pd
 from .money import ZERO, LedgerError, as_decimal, exact
 
 # %% auto #0
-__all__ = ['BREAK_KINDS', 'BREAK_COLUMNS', 'Holdings', 'reconcile', 'Statement']
+__all__ = ['BREAK_KINDS', 'BREAK_COLUMNS', 'Holdings', 'reconcile', 'Statement', 'record_breaks']
 
 # %% ../../nbs/03e_portfolio.reconcile.ipynb #6dd01e27
 @runtime_checkable
@@ -84,3 +84,20 @@ class Statement:
             raise LedgerError(f"statement {path} has unknown keys {sorted(unknown)}", hint="expected positions, cash")
         return cls(_amounts(d.get("positions", {}), "statement", "position"),
                    _amounts(d.get("cash", {}), "statement", "cash"))
+
+# %% ../../nbs/03e_portfolio.reconcile.ipynb #880544e7
+def record_breaks(store, portfolio: str, ref: str, ts, breaks: pd.DataFrame, audit) -> int:
+    "Write `breaks` (from `reconcile`) to `reconciliation_breaks` under `ref`, each audited first; returns how many."
+    if breaks.empty:
+        return 0
+    rows = breaks.assign(portfolio=portfolio, txn_id=ref, ts=pd.Timestamp(ts))
+    for c in ("ledger", "broker", "difference"):
+        rows[c] = rows[c].map(str)
+    with store.transaction():
+        for r in rows.itertuples(index=False):
+            audit.append("reconcile.break", portfolio, f"{r.kind}:{r.item}",
+                         {"ref": ref, "kind": r.kind, "item": r.item, "ledger": r.ledger, "broker": r.broker,
+                          "difference": r.difference}, pd.Timestamp(ts).to_pydatetime())
+        store.upsert("reconciliation_breaks", rows[["portfolio", "txn_id", "ts", "kind", "item", "ledger", "broker",
+                                                    "difference"]], key=["portfolio", "txn_id", "kind", "item"])
+    return len(rows)

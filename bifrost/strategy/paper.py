@@ -16,7 +16,8 @@ from ..core import AccountState, Bar, Broker, Decision, Order, OrderStatus, Side
 from ..execution.oms import OMS
 from ..execution.paper import PaperBroker
 from ..portfolio.ledger import Portfolio
-from ..portfolio.reconcile import Statement, reconcile
+from ..portfolio.reconcile import Statement, reconcile, record_breaks
+from ..risk.limits import Alert, raise_alerts
 from ..store import Store
 from .api import Costs, Panel, Strategy, StrategyError, rebalance
 from .vector import DEFAULT_GATE, DECISION_COLUMNS, BacktestResult
@@ -124,13 +125,17 @@ class PaperRunner:
         "One bar: at its open plan and send orders toward `weights` (decided at the last close), trade in it, mark it."
         ts = pd.Timestamp(ts).to_pydatetime()
         self.clock.set(ts)
-        sent = (weights is not None and not np.isnan(weights).all()
-                and self._send_toward(ts, weights, self.positions(), float(self.ledger_cash()), o, h, lo))
+        if weights is not None and not np.isnan(weights).all():
+            pending = self.pending()  # a partly filled order's rest still works: counted, never sent again
+            opens = np.where(o == o, o, self.marks)
+            cash = float(self.ledger_cash()) - float(np.nansum(pending * opens))
+            self._send_toward(ts, weights, self.positions() + pending, cash, o, h, lo)
         for i, s in enumerate(self.symbols):
             if o[i] == o[i]:
                 self.broker.on_bar(Bar(s, ts, o[i], h[i], lo[i], c[i], v[i] if v[i] == v[i] else 0.0))
-        if sent:
-            self.oms.sync()  # books the fills in the ledger, each exactly once
+        if self._working:
+            self.oms.sync()  # books this bar's fills, partial ones and the rest of earlier orders, each exactly once
+            self.pending()
         self.marks = np.where(c == c, c, self.marks)
         self.values.append(self.equity())
 
@@ -159,7 +164,7 @@ class PaperRunner:
         self.values.append(self.equity())
 
     def finish(self) -> pd.DataFrame:
-        "At the session's end at a real broker: cancel what still works, book the last fills; the breaks with the broker."
+        "At the session's end: cancel what still works, book the last fills; the breaks with the broker (empty: none)."
         for coid in sorted(self._working):
             self.oms.cancel(coid, "the session ended")
         self.oms.sync()
@@ -177,19 +182,30 @@ class PaperRunner:
         out = pd.DataFrame(rows, columns=DECISION_COLUMNS)
         return out.sort_values("ts", kind="stable", ignore_index=True)
 
-    def check(self, breaks: pd.DataFrame | None = None) -> None:
-        "Ledger, broker and recorded fills must agree to the cent and the share (`breaks`: `finish()`'s, at a real broker)."
-        if self.oms.anomalies:
-            raise StrategyError(f"{self.account}: OMS anomalies: {self.oms.anomalies[-3:]}")
+    def record(self, breaks: pd.DataFrame, ref: str) -> None:
+        "Keep `breaks` found at `ref` (e.g. 'session 2013-10-09'): `reconciliation_breaks`, a critical alert, the audit trail."
+        if breaks.empty:
+            return
+        now, audit = self.clock.now(), AuditTrail(self.store)
+        with self.store.transaction():
+            record_breaks(self.store, self.account, ref, now, breaks, audit)
+            items = ", ".join(f"{r.kind} {r.item} (ledger {r.ledger}, broker {r.broker})" for r in breaks.itertuples())
+            raise_alerts(self.store, [Alert(self.account, now, "reconciliation_break", "critical",
+                                            f"{ref}: the ledger breaks with {self.broker.name}: {items}",
+                                            Decimal(len(breaks)), Decimal(0))], audit)
+
+    def check(self, breaks: pd.DataFrame | None = None, ref: str | None = None) -> None:
+        "Ledger, broker and recorded fills must agree to the cent and the share; a break is recorded (`record`) under `ref`, then raised."
+        if breaks is None and not self.venue:
+            breaks = self.breaks()
         if breaks is not None and len(breaks):
+            self.record(breaks, ref or f"{self.clock.now():%Y-%m-%d %H:%M}")
             rows = "; ".join(f"{r.kind} {r.item}: ledger {r.ledger}, broker {r.broker}" for r in breaks.itertuples())
             raise StrategyError(f"{self.account}: the ledger breaks with {self.broker.name}: {rows}",
-                                hint="nothing was changed: see the orders, fills and the broker's statement")
-        if self.venue:
-            return
-        if self.book.book.positions() != self.broker.positions() or self.ledger_cash() != self.broker.cash():
-            raise StrategyError(f"{self.account}: ledger {self.book.book.positions()} {self.ledger_cash()} disagrees "
-                                f"with the broker {self.broker.positions()} {self.broker.cash()}")
+                                hint="nothing was changed: the breaks are in `reconciliation_breaks` and the risk "
+                                     "alerts (bifrost risk alerts); see the orders and fills")
+        if self.oms.anomalies:
+            raise StrategyError(f"{self.account}: OMS anomalies: {self.oms.anomalies[-3:]}")
 
 # %% ../../nbs/08h_strategy.paper.ipynb #a4d195d4
 def run_paper(strategy: Strategy, panel: Panel, store: Store, account: str = "paper", cash: float = 100_000.0,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -19,6 +20,7 @@ from ..core import Broker, Clock, ConfigError, SimulatedClock, TradingCalendar, 
 from ..data.read import read_bars
 from ..data.remote import alpaca_keys
 from ..execution.alpaca import AlpacaBroker
+from ..execution.oms import kill_switch
 from ..execution.paper import PaperBroker
 from ..store import Store
 from .api import FIELDS, Costs, Panel, Strategy, StrategyError
@@ -158,10 +160,46 @@ def _earlier(store: Store, account: str, session: date, resume: bool) -> dict:
     info = {} if row.empty else json.loads(row.summary.iat[0])
     return {k: info[k] for k in ("start_cash", "start_positions", "start_equity") if k in info}
 
-def _trade_bars(runner: PaperRunner, steps, info: dict, note, progress: str | None) -> int:
+class _Lease:
+    "The store's connection, held `hold` seconds at a time at most: between leases other processes read and write."
+    def __init__(self, store: Store, hold: float):
+        self.store, self.hold, self._held, self._since = store, hold, None, 0.0
+
+    def take(self) -> None:
+        if self._held is None:
+            self._held = self.store.session()
+            self._held.__enter__()
+            self._since = time.monotonic()
+
+    def renew(self, force: bool = False) -> None:
+        "Let go of the connection if it was held `hold` seconds (or `force`); DuckDB then leaves others a moment."
+        if self._held is not None and (force or time.monotonic() - self._since >= self.hold):
+            held, self._held = self._held, None
+            held.__exit__(None, None, None)
+            if not force and self.store.dialect == "duckdb":
+                time.sleep(0.02)  # a process waiting for the file (its retries are 10 ms apart) gets in
+
+    def __enter__(self):
+        self.take()
+        return self
+
+    def __exit__(self, *exc):
+        self.renew(force=True)
+
+def _stopped(runner: PaperRunner) -> None:
+    "Before each bar: with the kill switch on the session stops (its working orders cancelled by the OMS's cycle)."
+    ks = kill_switch(runner.store)
+    if ks["on"]:
+        runner.oms.sync()
+        raise StrategyError(f"{runner.account}: trading stopped by the kill switch: {ks['reason']}",
+                            hint="bifrost kill off --reason '...' when it is safe, then trade the session again")
+
+def _trade_bars(runner: PaperRunner, steps, info: dict, note, lease: _Lease, progress: str | None) -> int:
     "Trade each bar `steps` yields (at a real broker at its close, else at its open); returns how many."
     n = 0
-    for ts, weights, (o, h, lo, c, v) in steps:
+    for ts, weights, (o, h, lo, c, v) in steps:  # waiting for a streamed bar holds no connection
+        lease.take()
+        _stopped(runner)
         if "start_equity" not in info:
             runner.marks = o.copy()  # what the account is worth as the session opens
             info["start_equity"] = repr(runner.equity())
@@ -173,6 +211,7 @@ def _trade_bars(runner: PaperRunner, steps, info: dict, note, progress: str | No
         n += 1
         if progress and n % 60 == 0:
             print(f"\r{progress} bar {n}", end="", flush=True)
+        lease.renew()
     return n
 
 def trade_session(store: Store, account: str, session: date, *, strategy: str | None = None,
@@ -216,8 +255,9 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
                                  [_dumps(info), account, session])
     streamed: list = []  # fills the broker's trade-updates stream delivered (the fast path; polling is the record)
     runner = None
+    lease = _Lease(store, 0.25 if mode == "replay" else 0.0)  # a live bar waits a minute: not holding the store
     try:
-        with store.session():
+        with lease:
             runner = PaperRunner(store, account, symbols, clock, costs, load_gate(store, account, start), cash,
                                  broker=broker, strategy=version)
             if "start_cash" not in info:  # kept in the row at once, so a re-run after a crash compares from here
@@ -225,17 +265,16 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
                             start_positions={k: str(v) for k, v in runner.book.book.positions().items()})
                 note()
             if venue:  # the ledger must hold what the broker holds before anything is decided on it
-                _reconciled(runner, info, runner.breaks())
+                _reconciled(runner, info, runner.breaks(), f"session {session} start")
                 if hasattr(broker, "start_stream"):
                     broker.start_stream(on_fill=streamed.append)
-            n = _trade_bars(runner, steps, info, note, f"{account} {session}" if progress else None)
+            n = _trade_bars(runner, steps, info, note, lease, f"{account} {session}" if progress else None)
+            lease.take()
             if n == 0:
                 raise StrategyError(f"no bars of {symbols} came for {session}")
+            _reconciled(runner, info, runner.finish(), f"session {session}")  # the rest of a partial fill cancelled
             if venue:
-                _reconciled(runner, info, runner.finish())
                 _check_stream(store, account, streamed)
-            else:
-                runner.check()
     except BaseException as err:
         info["error"] = f"{type(err).__name__}: {err}"
         if venue and runner is not None:
@@ -259,10 +298,10 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
               f"P&L {pnl}")
     return summary
 
-def _reconciled(runner: PaperRunner, info: dict, breaks: pd.DataFrame) -> None:
-    "Record the breaks between the ledger and the broker in the session's summary; any fails the session."
+def _reconciled(runner: PaperRunner, info: dict, breaks: pd.DataFrame, ref: str) -> None:
+    "Keep the breaks between the ledger and the broker in the session's summary and the store (`check`); any fails the session."
     info["breaks"] = breaks.astype(str).to_dict("records")
-    runner.check(breaks)
+    runner.check(breaks, ref)
 
 def _check_stream(store: Store, account: str, streamed: list) -> None:
     "Every fill the trade-updates stream delivered must be in the record that polling wrote."

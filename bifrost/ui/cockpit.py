@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import html
+import json
 import logging
 import ipaddress
 import secrets
@@ -96,6 +97,8 @@ class Snapshot:
     alerts: pd.DataFrame
     runs: pd.DataFrame
     kill_switch: dict
+    sessions: pd.DataFrame        # the last trading sessions: session, status, version, mode, error
+    breaks: pd.DataFrame          # reconciliation breaks found (ledger vs broker), newest first
 
 def _var(store: Store, positions: pd.DataFrame, t: datetime) -> tuple[float | None, str]:
     if positions.empty:
@@ -162,7 +165,7 @@ def snapshot(store: Store, account: str, as_of=None, clock: Clock | None = None)
     return Snapshot(account, t, v.nav, v.nav - sum((x.market_value_base for x in v.positions), Decimal(0)), pnl,
                     pos[["symbol", "quantity", "avg_cost", "mark", "market_value", "unrealised", "weight"]], nav, risk,
                     var, _open_orders(store, account), _fills(store, account), open_alerts(store, account),
-                    _runs(store, account), kill_switch(store))
+                    _runs(store, account), kill_switch(store), _sessions(store, account), _breaks(store, account))
 
 def _pct(x) -> str:
     return "—" if x is None else f"{x:.2%}"
@@ -175,6 +178,17 @@ def _open_orders(store: Store, account: str) -> pd.DataFrame:
     return store.query("SELECT client_order_id, symbol, side, quantity, order_type, limit_price, status, "
                        f"filled_quantity, created_at FROM orders WHERE account = ? AND status IN ({marks}) "
                        "ORDER BY created_at DESC, client_order_id", [account, *sorted(s.value for s in OPEN_STATUSES)])
+
+def _sessions(store: Store, account: str, last: int = 10) -> pd.DataFrame:
+    "The account's last trading sessions; a failed one says why."
+    df = store.query("SELECT session, status, strategy_version AS version, mode, ended_at, summary FROM trading_sessions "
+                     f"WHERE account = ? ORDER BY session DESC LIMIT {int(last)}", [account])
+    df["error"] = [json.loads(s).get("error", "") for s in df.summary]
+    return df.drop(columns="summary")
+
+def _breaks(store: Store, account: str, last: int = 20) -> pd.DataFrame:
+    return store.query("SELECT ts, txn_id AS found_at, kind, item, ledger, broker, difference FROM reconciliation_breaks "
+                       f"WHERE portfolio = ? ORDER BY ts DESC, kind, item LIMIT {int(last)}", [account])
 
 def _fills(store: Store, account: str, last: int = 20) -> pd.DataFrame:
     return store.query("SELECT f.ts, f.client_order_id, f.symbol, f.side, f.quantity, f.price, f.commission "
@@ -256,7 +270,7 @@ class Cockpit(pn.viewable.Viewer):
         self._figures = pn.pane.HTML(sizing_mode="stretch_width")
         self._charts = pn.Column(sizing_mode="stretch_width")
         self._tables = {k: pn.pane.HTML(sizing_mode="stretch_width") for k in
-                        ("risk", "positions", "orders", "fills", "alerts", "runs")}
+                        ("risk", "positions", "orders", "fills", "alerts", "runs", "sessions", "breaks")}
         self._reason = pn.widgets.TextInput(label="Reason", value="stopped from the cockpit", width=300)
         self._kill = pn.widgets.Button(label="KILL SWITCH: stop trading", color="danger")
         self._resume = pn.widgets.Button(label="Resume trading", color="success")
@@ -283,6 +297,11 @@ class Cockpit(pn.viewable.Viewer):
         ks = s.kill_switch
         state = (f"<b style='color:#b91c1c'>TRADING STOPPED</b> since {ks['set_at']:%Y-%m-%d %H:%M:%S} — "
                  f"{html.escape(ks['reason'])}" if ks["on"] else "<b style='color:#15803d'>trading on</b>")
+        if len(s.sessions) and s.sessions.status.iat[0] == "failed":  # the last session failed: say so up front
+            state += (f" · <b style='color:#b91c1c'>session {s.sessions.session.iat[0]} FAILED</b>: "
+                      f"{html.escape(s.sessions.error.iat[0])}")
+        if len(s.breaks):
+            state += f" · <b style='color:#b91c1c'>{len(s.breaks)} reconciliation break(s)</b>"
         self._status.object = (f"<p data-figure='status'>{html.escape(s.account)} · as of "
                                f"{s.as_of:%Y-%m-%d %H:%M} UTC · {state}</p>")
         self._figures.object = figures_html(s)
@@ -296,6 +315,8 @@ class Cockpit(pn.viewable.Viewer):
         t["alerts"].object = _frame(s.alerts[["ts", "kind", "severity", "message"]] if len(s.alerts) else s.alerts,
                                     "no open alerts")
         t["runs"].object = _frame(s.runs, "no pipeline runs")
+        t["sessions"].object = _frame(s.sessions, "no trading sessions")
+        t["breaks"].object = _frame(s.breaks, "no reconciliation breaks")
         return s
 
     def act(self, on: bool) -> None:
@@ -328,6 +349,8 @@ class Cockpit(pn.viewable.Viewer):
             pn.Row(pn.Column(h("Risk against limits"), t["risk"]), pn.Column(h("Positions"), t["positions"])),
             h("Open orders"), t["orders"], h("Recent fills"), t["fills"],
             pn.Row(pn.Column(h("Alerts"), t["alerts"]), pn.Column(h("Pipeline runs"), t["runs"])),
+            pn.Row(pn.Column(h("Trading sessions"), t["sessions"]),
+                   pn.Column(h("Reconciliation breaks"), t["breaks"])),
             sizing_mode="stretch_width")
 
 def cockpit(store_url: str, account: str, **kwargs) -> pn.viewable.Viewable:
