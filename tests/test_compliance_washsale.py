@@ -4,19 +4,21 @@ cash and NAV, lowers the replacement's unrealised P&L, is idempotent, audited, r
 refused (writing nothing) when its lot has gone — through the store on both backends."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
 from decimal import Decimal
 
 import pandas as pd
 import pytest
 
 from bifrost.audit import AuditTrail
-from bifrost.compliance.rules import ComplianceError
+from bifrost.compliance.rules import ComplianceError, exchange_day
 from bifrost.compliance.washsale import apply_wash_sales, find_wash_sales, form_8949, wash_sales
 from bifrost.core import Instrument
 from bifrost.portfolio.ledger import Portfolio
 from bifrost.portfolio.lots import Book, value
 from bifrost.portfolio.transactions import Transaction
+from bifrost.store import connect
 
 D = Decimal
 INSTRUMENTS = {"XYZ": Instrument("XYZ"), "ABC": Instrument("ABC")}
@@ -41,12 +43,12 @@ def summary(washes):
 
 def test_wash_sale_when_replacement_bought_before_the_sale_then_its_basis_takes_the_loss():
     # A 100 @ 12 on 1 Mar, B 50 @ 11 on 10 Mar, sell 100 @ 10 on 20 Mar (FIFO: lot A, a 200 loss); B, bought
-    # 10 days before and still held, replaces 50 of the 100 -> 100.00 disallowed; B's holding period starts 19 days
-    # (A's) before 10 Mar
+    # 10 days before and still held, replaces 50 of the 100 -> 100.00 disallowed; B's holding period includes A's:
+    # held alongside A from 10 Mar, it is held from A's purchase on 1 Mar (not 19 days before 10 Mar, before A was)
     book, log, w = run([fill("A", "2024-03-01", "buy", 100, 12), fill("B", "2024-03-10", "buy", 50, 11),
                         fill("S", "2024-03-20", "sell", 100, 10)])
     assert summary(w) == [("S", "A", "B", 50, D("100.00"))]
-    assert (w[0].loss, w[0].holding_start) == (D("-200.00"), at("2024-02-20"))
+    assert (w[0].loss, w[0].holding_start) == (D("-200.00"), at("2024-03-01"))
 
 
 def test_wash_sale_window_when_30_days_then_in_and_31_days_then_out():
@@ -100,7 +102,7 @@ def test_wash_sale_when_booked_then_cash_and_nav_hold_unrealised_falls_and_repla
     w2 = wash_sales(book, log)
     assert summary(w2) == [("S", "A", "B", 40, D("80.00")), ("S2", "B", "C", 40, D("100.00"))]
     # the holding period is carried twice: B's started 6 Mar (A's 19 days before B), C's 47 days (B's) before 23 Apr
-    assert (w2[1].acquired, w2[1].holding_start) == (at("2024-03-06"), at("2024-03-07"))
+    assert (exchange_day(w2[1].acquired), exchange_day(w2[1].holding_start)) == (date(2024, 3, 6), date(2024, 3, 7))
 
 
 def test_wash_sale_when_average_cost_then_refused():
@@ -176,3 +178,53 @@ def test_wash_sale_rule_when_in_a_rule_book_then_buy_after_loss_sale_warns():
     assert (c.verdict, c.name) == (Verdict.WARN, "wash_sale v1") and "loss of 20.00 on 2024-03-20" in c.reason
     assert book.check(buy("XYZ"), state("2024-04-20"))[0].verdict is Verdict.PASS   # 31 days on
     assert book.check(buy("ABC"), state("2024-04-19"))[0].verdict is Verdict.PASS   # another symbol
+
+
+def ny(text: str) -> datetime:
+    return pd.Timestamp(text, tz="America/New_York").to_pydatetime()
+
+
+def nyfill(i, when, side, q, p):
+    return Transaction(i, "fill", ny(when), "XYZ", side, D(q), D(p))
+
+
+@pytest.mark.parametrize("sold_on, term", [("2024-12-28", "short"), ("2025-01-03", "long")])
+def test_form_8949_when_replacement_bought_before_the_loss_sale_then_held_from_the_sold_shares_purchase(
+        tmp_path, sold_on, term):
+    # Worked by hand (Pub. 550: the replacement's holding period includes the sold shares'):
+    # A: 100 @ 50 on 2 Jan 2024; B: 100 @ 45 on 20 Feb (10 days before the sale); A sold @ 40 on 1 Mar: a 1,000 loss,
+    # disallowed and added to B's basis (4,500 + 1,000 = 5,500). B is held from 2 Jan: its own days from 20 Feb and
+    # A's from 2 Jan, the common 20 Feb..1 Mar counted once. Sold @ 60 (6,000) on 28 Dec 2024: short-term (not more
+    # than a year after 2 Jan 2024), a 500 gain; on 3 Jan 2025: long-term. (Starting B 59 days -- A's holding period
+    # -- before 20 Feb would put it on 22 Dec 2023, before A was bought, and make the 28 Dec sale long-term.)
+    store = connect(f"duckdb:///{tmp_path}/tax.duckdb")  # the rule is the store's either way: one backend
+    store.upsert("instruments", pd.DataFrame({"symbol": ["XYZ"], "name": ["X"], "asset_class": "equity",
+                                              "currency": "USD", "exchange": "XNYS", "tick_size": 0.01, "lot_size": 1,
+                                              "sector": None}), key=["symbol"])
+    p = Portfolio.open(store, "tax", opened_at=ny("2024-01-02 08:00"))
+    p.deposit("20000.00", ts=ny("2024-01-02 08:30"))
+    p.apply_many([nyfill("A", "2024-01-02 10:00", "buy", 100, 50), nyfill("B", "2024-02-20 10:00", "buy", 100, 45),
+                  nyfill("S", "2024-03-01 10:00", "sell", 100, 40)])
+    (w,) = find_wash_sales(p)
+    assert (w.lot_id, w.replacement, w.disallowed) == ("A", "B", D("1000.00"))
+    assert w.holding_start == ny("2024-01-02 10:00")
+    apply_wash_sales(p)
+    p.apply(nyfill("X", f"{sold_on} 11:00", "sell", 100, 60))
+    f = form_8949(p, all_sales=True).set_index("lot_id")
+    row = f.loc["B"]
+    assert (row.date_acquired, row.date_sold, row.cost_basis, row.proceeds, row.gain_or_loss, row.term) == (
+        date(2024, 1, 2), date.fromisoformat(sold_on), D("5500.00"), D("6000.00"), D("500.00"), term)
+    assert (f.loc["A"].code, f.loc["A"].adjustment) == ("W", D("1000.00"))
+
+
+def test_wash_sale_when_replacement_bought_pre_market_then_held_from_the_exchange_date():
+    # A bought 1 Mar 09:31 New York, sold at a loss 20 Mar 15:59 (held 19 calendar days); B bought pre-market
+    # 25 Mar 04:30: held from 6 Mar (25 - 19). Stepping back A's 19 days 6 h 28 min from 04:30 lands on 5 Mar.
+    log = [Transaction("d", "deposit", ny("2024-03-01 08:00"), amount=D(100_000)),
+           nyfill("A", "2024-03-01 09:31", "buy", 10, 12), nyfill("S", "2024-03-20 15:59", "sell", 10, 10),
+           nyfill("B", "2024-03-25 04:30", "buy", 10, 9)]
+    book = Book(INSTRUMENTS)
+    book.apply_many(log)
+    (w,) = wash_sales(book, log)
+    assert exchange_day(w.holding_start) == date(2024, 3, 6)
+    assert w.holding_start.astimezone(ZoneInfo("America/New_York")).time() == time(4, 30)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
@@ -21,8 +22,8 @@ from ..portfolio.money import ZERO, money, prorate
 from ..portfolio.transactions import Transaction, TransactionKind
 
 # %% auto #0
-__all__ = ['WINDOW_DAYS', 'F8949_COLUMNS', 'WashSale', 'wash_sales', 'find_wash_sales', 'wash_sale_frame', 'apply_wash_sales',
-           'form_8949', 'WashSaleRule']
+__all__ = ['WINDOW_DAYS', 'F8949_COLUMNS', 'WashSale', 'holding_start', 'wash_sales', 'find_wash_sales', 'wash_sale_frame',
+           'apply_wash_sales', 'form_8949', 'WashSaleRule']
 
 # %% ../../nbs/05c_compliance.washsale.ipynb #09eacb32
 WINDOW_DAYS = 30
@@ -59,6 +60,16 @@ class WashSale:
                            reason=f"wash sale: {self.disallowed} of the {-self.loss} loss on {self.quantity} "
                                   f"{self.symbol} (lot {self.lot_id}) sold {self.sold.date()} by {self.sale_txn}, "
                                   f"replaced by {self.replaced} bought {self.bought.date()} ({self.replacement})")
+
+# %% ../../nbs/05c_compliance.washsale.ipynb #2b4eae0b
+def holding_start(acquired: datetime, sold: datetime, bought: datetime, tz: str = DEFAULTS["timezone"]) -> datetime:
+    "When a replacement bought at `bought` is held from: its own holding period joined to that of shares held `acquired`..`sold`."
+    a, s, b = (exchange_day(x, tz) for x in (acquired, sold, bought))
+    if b <= s:  # bought while the sold shares were still held: the two periods overlap, and are counted once
+        return acquired if a <= b else bought
+    local = bought.astimezone(ZoneInfo(tz))  # calendar days on the exchange's clock, not 24-hour steps in UTC
+    start = datetime.combine(b - (s - a), local.time().replace(tzinfo=None))
+    return pd.Timestamp(start).tz_localize(tz, ambiguous=True, nonexistent="shift_forward").tz_convert("UTC").to_pydatetime()
 
 # %% ../../nbs/05c_compliance.washsale.ipynb #1bfa1b88
 def wash_sales(book: Book, log: Iterable[Transaction], days: int = WINDOW_DAYS,
@@ -102,7 +113,7 @@ def wash_sales(book: Book, log: Iterable[Transaction], days: int = WINDOW_DAYS,
             if disallowed:
                 out.append(WashSale(c.symbol, c.txn_id, c.lot_id, c.opened, c.closed, c.quantity, c.proceeds,
                                     c.cost_basis, c.realised, p.txn_id, p.ts, n, disallowed,
-                                    p.ts - (c.closed - c.opened), c.currency))
+                                    holding_start(c.opened, c.closed, p.ts, tz), c.currency))
     return out
 
 def find_wash_sales(portfolio: Journal, days: int = WINDOW_DAYS) -> list[WashSale]:
