@@ -24,7 +24,8 @@ from .store import Store
 
 # %% auto #0
 __all__ = ['GENESIS', 'ENCODING', 'AUDIT_OWNER', 'AuditError', 'canonical_json', 'record_hash', 'AuditRecord', 'AuditProblem',
-           'AuditReport', 'Anchor', 'store_identity', 'AnchorLog', 'AuditTrail', 'secure_audit_log']
+           'AuditReport', 'Anchor', 'store_identity', 'AnchorLog', 'AuditTrail', 'secure_audit_log', 'AuditGuard',
+           'audit_guard']
 
 # %% ../nbs/01b_audit.ipynb #26565fe0
 GENESIS = "0" * 64  # the `prev_hash` of the first record
@@ -358,3 +359,34 @@ def secure_audit_log(store: Store, app_role: str, owner_role: str = AUDIT_OWNER)
             store.execute(f"REVOKE ALL ON audit_log FROM {who}")
         store.execute(f"GRANT SELECT, INSERT ON audit_log TO {app_role}")
     return done
+
+# %% ../nbs/01b_audit.ipynb #ef4c6ca0
+@dataclass(frozen=True, slots=True)
+class AuditGuard:
+    "Whether the database itself stops the role Bifrost connects as from rewriting the trail, and why."
+    guarded: bool
+    reason: str
+
+    def __str__(self):
+        return f"audit table {'guarded' if self.guarded else 'NOT guarded'}: {self.reason}"
+
+def audit_guard(store: Store) -> AuditGuard:
+    "Can the role `store` connects as change or drop `audit_log` behind its triggers?"
+    if store.dialect != "postgresql":
+        return AuditGuard(False, "an embedded DuckDB file has no roles; the hash chain and its anchors are the defence")
+    r = store.query(
+        "SELECT current_user AS me, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS super, "
+        "c.relowner::regrole::text AS owner, pg_has_role(current_user, c.relowner, 'MEMBER') AS owns, "
+        "n.nspname AS schema, pg_has_role(current_user, n.nspowner, 'MEMBER') AS owns_schema, "
+        "has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE, TRIGGER') AS may_change "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'audit_log'::regclass").iloc[0]
+    hint = "run secure_audit_log as an administrator (bifrost db migrate --audit-app-role ROLE)"
+    if r.super:
+        return AuditGuard(False, f"{r.me} is a superuser; connect Bifrost as a role without SUPERUSER and {hint}")
+    if r.owns:
+        return AuditGuard(False, f"{r.me} owns audit_log (as {r.owner}) and can lift its triggers; {hint}")
+    if r.owns_schema:
+        return AuditGuard(False, f"{r.me} owns schema {r.schema} and can drop audit_log; {hint}")
+    if r.may_change:
+        return AuditGuard(False, f"{r.me} holds UPDATE, DELETE, TRUNCATE or TRIGGER on audit_log; {hint}")
+    return AuditGuard(True, f"owned by {r.owner}; {r.me} may only read and append")

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from bifrost.audit import GENESIS, AnchorLog, AuditError, AuditTrail, record_hash, secure_audit_log
+from bifrost.audit import (GENESIS, AnchorLog, AuditError, AuditTrail, audit_guard, record_hash,
+                           secure_audit_log)
 from bifrost.store import connect
 
 T0 = datetime(2024, 3, 1, 14, 30, tzinfo=timezone.utc)
@@ -362,6 +363,8 @@ def test_postgresql_app_role_can_only_insert_and_read_the_trail(pg_app):
     raw.execute("ROLLBACK")
 
     admin = connect(url)
+    assert not audit_guard(admin).guarded and "superuser" in str(audit_guard(admin))
+    assert not audit_guard(audit.store).guarded and "owns audit_log" in audit_guard(audit.store).reason
     with pytest.raises(AuditError, match="superuser"):
         secure_audit_log(admin, "root", owner)
     done = secure_audit_log(admin, app, owner)
@@ -384,8 +387,10 @@ def test_postgresql_app_role_can_only_insert_and_read_the_trail(pg_app):
     app_store.execute("INSERT INTO trading_controls (name, value, set_at, reason) VALUES ('x', 'on', ?, 'test')", [T0])
     report = AuditTrail(app_store).verify()
     assert report.ok and report.records == 5 and report.anchored == 5, str(report)
+    assert audit_guard(app_store).guarded, str(audit_guard(app_store))
 
 
 def test_secure_audit_log_is_postgresql_only(duck):
     with pytest.raises(AuditError, match="only PostgreSQL"):
         secure_audit_log(duck, "bifrost")
+    assert not audit_guard(duck).guarded and "DuckDB" in str(audit_guard(duck))
