@@ -42,7 +42,7 @@ def _demo_quarantine(store: Store) -> None:
     print_frame(quarantine_summary(store))
 
 def _demo_quality(store: Store) -> None:
-    print_frame(qualityreport_ingest(store, "1d")[["symbol", "first", "last", "completeness_pct", "longest_gap", "jumps",
+    print_frame(quality_report(store, "1d")[["symbol", "first", "last", "completeness_pct", "longest_gap", "jumps",
                                          "quarantined"]])
 
 # %% ../nbs/13g_demo.ipynb #5c872b0a
