@@ -53,3 +53,66 @@ def test_paper_kill_switch(store):
     set_kill_switch(store, True, "test", clock.now(), AuditTrail(store))
     oms.sync()
     assert oms.order("l-1").status is S.CANCELLED and broker.open_orders() == []
+
+
+# -- issue 15: partial fills, cancels and restarts never split the ledger from the broker ------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from bifrost.portfolio.ledger import Portfolio  # noqa: E402
+from bifrost.store import connect  # noqa: E402
+
+_op = st.one_of(
+    st.tuples(st.just("market"), st.sampled_from(["buy", "sell"]), st.integers(1, 120)),
+    st.tuples(st.just("limit"), st.sampled_from(["buy", "sell"]), st.integers(1, 120), st.integers(-150, 150)),
+    st.tuples(st.just("bar"), st.integers(0, 90), st.integers(-100, 100)),
+    st.tuples(st.just("cancel"), st.integers(0, 20)),
+    st.tuples(st.just("restart")),
+)
+_runs = iter(range(10**6))
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    s = connect(f"duckdb:///{tmp_path_factory.mktemp('prop')}/p.duckdb")
+    with s.session():
+        yield s
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(_op, min_size=1, max_size=14))
+def test_random_partial_fills_cancels_and_restarts_keep_ledger_equal_to_broker(shared_store, ops):
+    "After every step (an order, a bar that fills part of it, a cancel, an OMS restart), ledger = broker to the cent."
+    store, run = shared_store, next(_runs)
+    clock = SimulatedClock(T0)
+    portfolio = seed(store, f"prop{run}")
+    broker = paper.PaperBroker(clock, cash=Decimal(100_000), participation=Decimal("0.5"))
+    oms = make_oms(store, broker, portfolio, clock)
+    sent, px = [], Decimal("385.00")
+    for k, op in enumerate(ops):
+        if op[0] in ("market", "limit"):
+            coid = f"p{run}-{k}"
+            kind = dict(order_type="limit", time_in_force="gtc", limit_price=px + Decimal(op[3]) / 100) \
+                if op[0] == "limit" else {}
+            oms.submit(Order(coid, "SPY", op[1], Decimal(op[2]), **kind))
+            sent.append(coid)
+        elif op[0] == "bar":
+            o = px + Decimal(op[2]) / 100
+            broker.on_bar(bar(clock, float(o), float(o + 1), float(o - 1), float(o), op[1]))
+        elif op[0] == "cancel" and sent:
+            oms.cancel(sent[op[1] % len(sent)], "changed my mind")
+        elif op[0] == "restart":  # a new process: the ledger from the store, the OMS recovering its open orders
+            portfolio = Portfolio.load(store, portfolio.name)
+            oms = make_oms(store, broker, portfolio, clock)
+            oms.recover()
+        oms.sync()
+        assert portfolio.book.positions() == {s: q for s, q in broker.positions().items() if q}
+        assert portfolio.book.cash()["USD"] == broker.cash()
+        for coid in sent:
+            rec, theirs = oms.order(coid), broker.get_order(coid)
+            if theirs is not None:
+                assert rec.filled_quantity == theirs.filled_quantity, (coid, rec.status, theirs.status)
+    assert not oms.anomalies
+    booked = store.scalar("SELECT count(*) FROM order_fills f JOIN orders o ON o.client_order_id = f.client_order_id "
+                          "WHERE o.account = ?", [portfolio.name])
+    assert booked == len(broker.fills())  # each fill recorded exactly once

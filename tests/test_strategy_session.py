@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bifrost.audit import AuditTrail
-from bifrost.core import SimulatedClock
+from bifrost.core import BifrostError, SimulatedClock
 from bifrost.data.ingest import ingest
 from bifrost.data.sources import SAMPLE, SampleSource
 from bifrost.execution.paper import PaperBroker
@@ -73,7 +73,7 @@ def test_parity_report_when_fill_worse_or_missing_then_listed_with_pnl_effect(sp
     q = int(worse.quantity) * (1 if worse.side == "buy" else -1)
     assert Decimal(report.loc["fill_price", "pnl_effect"]) == -q * Decimal("0.05")
     closes = spy.query("SELECT close FROM bars WHERE symbol = 'SPY' AND ts < ? ORDER BY ts DESC LIMIT 1",
-                       [dt.datetime(2013, 10, 8, 4, tzinfo=dt.timezone.utc)])  # the end of DAYS[1], local
+                       [dt.datetime(2013, 10, 7, 20, tzinfo=dt.timezone.utc)])  # DAYS[1]'s close: regular hours
     qg = int(gone.quantity) * (1 if gone.side == "buy" else -1)
     made = qg * (Decimal(repr(float(closes.close.iat[0]))) - Decimal(gone.price)) - Decimal(gone.commission)
     assert Decimal(report.loc["missed", "pnl_effect"]) == (-made).quantize(Decimal("0.01"))
@@ -243,7 +243,8 @@ def _breakout(store, account="acct"):
 def test_session_when_orders_fill_partially_then_oms_ledger_and_broker_agree(spy):
     "SPY 2013-10-09, pre-market minutes thinner than the order: partial fills, each booked once, the rest never resent."
     _breakout(spy)
-    s = trade_session(spy, "acct", BREAKOUT_DAY, strategy="breakout", symbols=["SPY"], progress=False)
+    s = trade_session(spy, "acct", BREAKOUT_DAY, strategy="breakout", symbols=["SPY"], extended_hours=True,
+                      progress=False)
     assert s.status == "done"
     orders = spy.query("SELECT client_order_id, side, quantity, status, filled_quantity FROM orders")
     fills = spy.query("SELECT client_order_id, side, quantity FROM order_fills")
@@ -289,3 +290,39 @@ def test_session_when_ledger_breaks_then_recorded_alerted_audited_and_shown_in_t
     shot = snapshot(spy, "acct")
     assert shot.sessions.status.tolist() == ["failed"] and "breaks with paper" in shot.sessions.error.iat[0]
     assert shot.breaks.kind.tolist() == ["cash"] and shot.alerts.kind.tolist() == ["reconciliation_break"]
+
+
+# -- issue 15: sessions refused up front, before anything is recorded; regular hours unless asked ---------------------
+def _nothing_recorded(store):
+    assert store.scalar("SELECT count(*) FROM trading_sessions") == 0
+    assert store.scalar("SELECT count(*) FROM portfolios") == 0 and store.scalar("SELECT count(*) FROM orders") == 0
+
+
+def test_session_when_account_has_no_limits_then_refused_up_front_and_traded_once_fixed(spy):
+    clock = SimulatedClock(T0)
+    promote(spy, "mr", register(spy, MeanReversion(window=20, entry=1.5), clock, name="mr"), clock, "paper")
+    with pytest.raises(StrategyError, match="account paper1 has no risk limits") as err:
+        trade_session(spy, "paper1", DAYS[0], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+    assert "bifrost risk limits paper1 --set" in err.value.hint
+    _nothing_recorded(spy)
+    save_limits(spy, "paper1", Limits(max_daily_loss=Decimal("0.05")), T0, T0, "fixed", AuditTrail(spy))
+    s = trade_session(spy, "paper1", DAYS[0], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+    assert s.status == "done" and s.refused == 0 and s.fills > 0
+
+
+def test_session_when_symbol_unknown_or_bar_size_not_the_strategys_then_refused_and_no_account_created(spy):
+    _setup(spy)
+    with pytest.raises(BifrostError, match="no 1min bars (of|for) \\['NOPE'\\]"):
+        trade_session(spy, "acct", DAYS[0], strategy="mr", symbols=["NOPE"], costs=EXACT, progress=False)
+    with pytest.raises(StrategyError, match="was built for 1min bars, not 1d") as err:
+        trade_session(spy, "acct", DAYS[0], strategy="mr", symbols=["SPY"], bar_size="1d", progress=False)
+    assert "--bar-size" in err.value.hint
+    _nothing_recorded(spy)
+
+
+def test_replay_when_not_asked_then_regular_hours_only(spy):
+    _setup(spy)
+    trade_session(spy, "acct", DAYS[0], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+    ts = pd.to_datetime(spy.query("SELECT ts FROM order_fills").ts, utc=True).dt.tz_convert("America/New_York")
+    assert len(ts) and ts.min().time() >= dt.time(9, 30) and ts.max().time() < dt.time(16, 0)
+    assert json.loads(spy.scalar("SELECT summary FROM trading_sessions"))["bar_size"] == "1min"

@@ -53,13 +53,16 @@ def _last_session(store: Store, account: str) -> dict | None:
     return None if df.empty else json.loads(df.summary.iat[0])
 
 def session_bars(store: Store, symbols: Sequence[str], session: date, bar_size: str = "1min",
-                 calendar: str = "XNYS") -> Panel:
-    "Every bar of `session`'s exchange-local day for `symbols` (pre- and post-market too), split-adjusted as of the day."
+                 calendar: str = "XNYS", extended_hours: bool = False) -> Panel:
+    "The bars of `session` for `symbols` in regular hours (with `extended_hours`: the whole local day), split-adjusted as of the day."
     cal = TradingCalendar(calendar)
     if not cal.is_session(session):
         raise StrategyError(f"{session} is not a {calendar} session")
     start, end = _day(session, calendar)
     bars = read_bars(store, list(symbols), bar_size, start, end)
+    if not extended_hours and bar_size_delta(bar_size) < pd.Timedelta(days=1):  # an intraday bar counts if it starts between the open and the close
+        hours = cal.schedule(session, session)
+        start, end = max(start, hours.open.iloc[0]), min(end, hours.close.iloc[0])
     bars = bars[(bars.ts >= start) & (bars.ts < end)]
     if bars.empty:
         raise StrategyError(f"no {bar_size} bars of {list(symbols)} stored for {session}",
@@ -76,9 +79,8 @@ def _day(session: date, calendar: str = "XNYS") -> tuple[pd.Timestamp, pd.Timest
     start = pd.Timestamp(session).tz_localize(tz)
     return start.tz_convert("UTC"), (start + pd.Timedelta(days=1)).tz_convert("UTC")
 
-def _replay_steps(store: Store, strat: Strategy, symbols: list[str], session: date, bar_size: str):
+def _replay_steps(strat: Strategy, panel: Panel):
     "Each stored bar of the session with the targets decided at the close before it."
-    panel = session_bars(store, symbols, session, bar_size)
     w = strat.run_targets(panel).to_numpy(np.float64)
     arr = [getattr(panel, f).to_numpy(np.float64) for f in FIELDS]
     for t, ts in enumerate(panel.index):
@@ -148,6 +150,14 @@ def _version_of(store: Store, name: str, version: str | None, live: bool) -> str
                                  "or trade the broker's paper account")
     return version or now.version
 
+def _bar_size_of(strat: Strategy, name: str, version: str, asked: str | None) -> str:
+    "The bar size a session trades `strat` at: its own; another is refused with the reason."
+    own = type(strat).bar_size
+    if asked is not None and asked != own:
+        raise StrategyError(f"{name} {version} was built for {own} bars, not {asked}: its windows and thresholds "
+                            f"count {own} bars", hint="leave --bar-size out to trade at the strategy's own bar size")
+    return own
+
 def _earlier(store: Store, account: str, session: date, resume: bool) -> dict:
     "Where an earlier run of this session started from; a session done is refused, and one running unless `resume`."
     row = store.query("SELECT status, summary FROM trading_sessions WHERE account = ? AND session = ?",
@@ -215,7 +225,8 @@ def _trade_bars(runner: PaperRunner, steps, info: dict, note, lease: _Lease, pro
     return n
 
 def trade_session(store: Store, account: str, session: date, *, strategy: str | None = None,
-                  version: str | None = None, mode: str = "replay", bar_size: str = "1min",
+                  version: str | None = None, mode: str = "replay", bar_size: str | None = None,
+                  extended_hours: bool = False,  # replays: trade pre- and post-market bars too
                   cash: float = 100_000.0, costs: Costs = Costs(), clock: Clock | None = None,
                   broker: Broker | None = None,  # None: the paper broker; a real one (AlpacaBroker) trades live
                   progress: bool = True, symbols: Sequence[str] | None = None, stream_url: str | None = None,
@@ -238,13 +249,20 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
                             hint="pass strategy= and symbols= on its first session")
     version = _version_of(store, name, version, real_money(broker))
     strat = build_version(store, version)
+    bar_size = _bar_size_of(strat, name, version, bar_size)
+    start, end = _day(session)
+    if load_gate(store, account, start).limits is None:  # refused before anything is recorded: fixable, then traded
+        raise StrategyError(f"account {account} has no risk limits: the gate would refuse every order",
+                            hint=f"bifrost risk limits {account} --set max_daily_loss=0.05 --reason '...' "
+                                 "(then trade the session)")
+    panel = session_bars(store, symbols, session, bar_size, extended_hours=extended_hours) if mode == "replay" else None
     info = {"strategy": name, "symbols": symbols, "bar_size": bar_size, "costs": asdict(costs),
+            **({"extended_hours": True} if extended_hours else {}),
             **_earlier(store, account, session, resume), **({"broker": broker.name} if venue else {})}
     if mode == "replay":
-        steps = _replay_steps(store, strat, symbols, session, bar_size)
+        steps = _replay_steps(strat, panel)
     else:  # at a real broker orders go out at the close they were decided on; the paper broker fills at the next open
         steps = (_streamed if venue else _live_steps)(store, strat, symbols, session, bar_size, stream_url, idle)
-    start, end = _day(session)
     clock = clock or SimulatedClock(start.to_pydatetime())  # market time: set to each bar as it is traded
     with store.transaction():
         store.execute("DELETE FROM trading_sessions WHERE account = ? AND session = ?", [account, session])
@@ -398,7 +416,7 @@ def parity_report(store: Store, account: str, session: date) -> pd.DataFrame:
         raise StrategyError(f"{account} started {session} holding {info['start_positions']}: the backtest starts flat",
                             hint="parity is checked on sessions that start flat (the examples end each session flat)")
     strategy, version = build_version(store, row.strategy_version.iat[0]), row.strategy_version.iat[0]
-    panel = session_bars(store, info["symbols"], session, info["bar_size"])
+    panel = session_bars(store, info["symbols"], session, info["bar_size"], extended_hours=info.get("extended_hours", False))
     gate = load_gate(store, account, panel.index[0])
     bt = run_vectorized(strategy, panel, cash=float(Decimal(info["start_cash"])), costs=Costs(**info["costs"]),
                         gate=gate, account=account)

@@ -23,7 +23,7 @@ import hvplot.pandas  # noqa: F401 -- registers DataFrame.hvplot
 from ..audit import AuditTrail
 from ..core import BifrostError, Clock, LiveClock, StoreError, StoreLockedError
 from ..data.read import read_bars
-from ..execution.oms import kill_switch, set_kill_switch
+from ..execution.oms import kill_switch, set_kill_switch, switch_file
 from ..execution.orders import OPEN_STATUSES
 from ..portfolio.ledger import Portfolio
 from ..portfolio.money import as_of_ts
@@ -211,10 +211,17 @@ def take_kill_switch(store_url: str, on: bool, reason: str, user: str, at: datet
         if hasattr(store, "lock_timeout"):
             store.lock_timeout = lock_timeout
         audit = AuditTrail(store)
-        with store.transaction():
-            audit.append("ui.action", "*", "kill_switch",
-                         {"action": "kill_switch", "on": bool(on), "reason": reason, "user": user, "via": "cockpit"}, at)
-            set_kill_switch(store, on, f"{reason} (by {user})", at, audit)
+        try:
+            with store.transaction():
+                audit.append("ui.action", "*", "kill_switch", {"action": "kill_switch", "on": bool(on),
+                                                                "reason": reason, "user": user, "via": "cockpit"}, at)
+                set_kill_switch(store, on, f"{reason} (by {user})", at, audit)
+        except StoreLockedError:
+            if switch_file(store) is None:
+                raise
+            # DuckDB held by a writer (a session, an ingestion): the switch beside the store is set at once, and the
+            # OMS holding the store audits it before acting on it
+            set_kill_switch(store, on, f"{reason} (by {user} via the cockpit)", at, audit, wait=0.0)
         return kill_switch(store)
     except StoreLockedError as err:
         raise CockpitError(f"the kill switch was NOT {what}: another process held the store for {lock_timeout:g}s",
