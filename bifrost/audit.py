@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -182,19 +183,52 @@ class AnchorLog:
 _COLUMNS = ["seq", "ts", "kind", "account", "subject", "payload", "prev_hash", "hash"]
 _HOME = "home"  # AuditTrail's default: anchors in the settings' home
 
-class AuditTrail:
-    "The store's audit trail: `append` records, `records` reads them back, `verify` checks chain and anchors."
+class _Publisher:
+    "Publishes anchors of committed records; apart from the trail, so a record still pending is published when the trail goes."
 
-    def __init__(self, store: Store, anchors: AnchorLog | str | None = _HOME):
-        self.store = store
-        self._anchors = anchors       # an AnchorLog, "home" (found on first use), or None: publish and check none
-        self._pending: AuditRecord | None = None  # appended inside a caller's transaction, not yet anchored
+    def __init__(self, store: Store, anchors: AnchorLog | str | None):
+        self.store, self._anchors = store, anchors  # an AnchorLog, "home" (found on first use), or None: none
+        self.pending: AuditRecord | None = None     # appended inside a caller's transaction, not yet anchored
 
     @property
     def anchors(self) -> AnchorLog | None:
         if self._anchors == _HOME:
             self._anchors = AnchorLog.for_store(self.store)
         return self._anchors
+
+    def publish(self, record: AuditRecord) -> None:
+        if self.anchors is not None:
+            self.anchors.publish(record.seq, record.hash, record.ts)
+
+    def flush(self) -> None:
+        "Publish the pending record's anchor if its transaction has ended and committed it (outside a transaction only)."
+        record = self.pending
+        if record is None or self.store._in_tx:
+            return
+        self.pending = None
+        got = self.store.query("SELECT hash FROM audit_log WHERE seq = ?", [record.seq])
+        if not got.empty and got.hash.iat[0] == record.hash:
+            self.publish(record)
+
+    def last_chance(self) -> None:
+        "When the trail is collected or the process exits: best effort, as the next anchor pins this record anyway."
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - at exit or in a collector nothing may escape; the record itself is safe
+            pass
+
+class AuditTrail:
+    "The store's audit trail: `append` records, `records` reads them back, `verify` checks chain and anchors."
+
+    def __init__(self, store: Store, anchors: AnchorLog | str | None = _HOME):
+        self.store = store
+        self._publisher = _Publisher(store, anchors)
+        weakref.finalize(self, self._publisher.last_chance)  # e.g. `bifrost kill on`: appended in a transaction, then done
+
+    @property
+    def anchors(self) -> AnchorLog | None:
+        "Where this trail's anchors are published and read (None: nowhere)."
+        return self._publisher.anchors
 
     def append(self, kind: str, account: str, subject: str, payload: Mapping, ts: datetime) -> AuditRecord:
         "Write one record (inside the caller's transaction, if one is open) and return it."
@@ -203,7 +237,7 @@ class AuditTrail:
         if ts.tzinfo is None:
             raise AuditError(f"audit time must be timezone-aware, was {ts.isoformat()}")
         body = canonical_json(payload)  # before the transaction: a bad payload writes nothing
-        self._flush()
+        self._publisher.flush()
         joined = self.store._in_tx
         with self.store.transaction():
             if self.store.dialect == "postgresql":  # one chain per schema: appenders queue here; readers are not blocked
@@ -216,26 +250,16 @@ class AuditTrail:
                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (seq, ts, kind, account, subject, body, prev, h))
         record = AuditRecord(seq, ts, kind, account, subject, body, prev, h)
         if joined:  # the caller's transaction may still roll back: anchor it once it is seen committed
-            self._pending = record
-        elif self.anchors is not None:
-            self.anchors.publish(seq, h, ts)
+            self._publisher.pending = record
+        else:
+            self._publisher.publish(record)
         return record
-
-    def _flush(self) -> None:
-        "Publish the anchor of a record appended inside a caller's transaction, if that transaction committed it."
-        record = self._pending
-        if record is None or self.store._in_tx:
-            return
-        self._pending = None
-        got = self.store.query("SELECT hash FROM audit_log WHERE seq = ?", [record.seq])
-        if self.anchors is not None and not got.empty and got.hash.iat[0] == record.hash:
-            self.anchors.publish(record.seq, record.hash, record.ts)
 
     def anchor(self) -> Anchor | None:
         "Publish the committed head as an anchor (at the end of a batch, a run or a day); None if the trail is empty."
         if self.store._in_tx:
             raise AuditError("anchor() publishes committed records", hint="call it after the transaction")
-        self._flush()
+        self._publisher.flush()
         head = self.store.query("SELECT seq, hash, ts FROM audit_log ORDER BY seq DESC LIMIT 1")
         if head.empty or self.anchors is None:
             return None
@@ -247,7 +271,7 @@ class AuditTrail:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise AuditError(f"limit must be a whole number of records, 1 or more, was {limit!r}",
                              hint="e.g. --limit 50")
-        self._flush()
+        self._publisher.flush()
         where, params = [], []
         if account is not None:
             where.append("account = ?"); params.append(account)
@@ -264,7 +288,7 @@ class AuditTrail:
 
     def verify(self, expect_head: tuple[int, str] | None = None, chunk: int = 100_000) -> AuditReport:
         "Recompute the chain; report every edited record, every gap or break in the links, and every anchor it lost."
-        self._flush()
+        self._publisher.flush()
         problems: list[AuditProblem] = []
         pins: dict[int, list[tuple[str, str]]] = {}  # seq -> (hash, what pinned it): anchors and the expected head
         anchors, bad = self.anchors.read() if self.anchors is not None else ([], [])

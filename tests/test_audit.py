@@ -394,3 +394,25 @@ def test_secure_audit_log_is_postgresql_only(duck):
     with pytest.raises(AuditError, match="only PostgreSQL"):
         secure_audit_log(duck, "bifrost")
     assert not audit_guard(duck).guarded and "DuckDB" in str(audit_guard(duck))
+
+
+def test_an_append_inside_a_callers_transaction_is_anchored_when_the_trail_goes(duck):
+    import gc
+    audit = AuditTrail(duck)
+    with duck.transaction():
+        audit.append("control.kill_switch", "*", "kill_switch", {"on": True}, T0)
+    anchors = audit.anchors
+    del audit
+    gc.collect()
+    assert [a.seq for a in anchors.read()[0]] == [1]
+
+
+def test_bifrost_kill_on_leaves_its_record_anchored(tmp_path, bifrost_home):
+    url = f"duckdb:///{tmp_path}/k.duckdb"
+    env = {**os.environ, "BIFROST_HOME": str(bifrost_home), "BIFROST_DB_URL": url}
+    bifrost = str(Path(sys.executable).with_name("bifrost"))
+    out = subprocess.run([bifrost, "kill", "on", "--reason", "runaway strategy"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = AuditTrail(connect(url)).verify()
+    assert report.ok and (report.records, report.anchored) == (1, 1), str(report)
