@@ -158,7 +158,7 @@ def _demo_vwap(store: Store) -> None:
     done = replay(executor, broker, day, clock, on_step=follow)
     typer.echo(f"buy 10,000 SPY by VWAP on 2013-10-11 in {len(slices)} slices, paper broker at 10% of volume:")
     typer.echo(done.text())
-    print_frame(executionreport_ingest(executor, day).round(4).reset_index())
+    print_frame(execution_report(executor, day).round(4).reset_index())
     held = book.book.positions().get("SPY", Decimal(0))
     status = oms.status()
     typer.echo(f"ledger holds {held} SPY, the broker {broker.positions().get('SPY', Decimal(0))}; child orders "
@@ -207,7 +207,7 @@ def _demo_session(store: Store) -> None:
         typer.echo(f"{s.account} {s.session}: version {s.version}, {s.orders} orders, {s.fills} fills, "
                    f"{s.refused} refused, P&L {s.pnl} — {s.status}")
     day = pd.Timestamp(todo[-1] if todo else DEMO_SESSIONS[-1]).date()
-    report = parityreport_ingest(store, DEMO_ACCOUNT, day)
+    report = parity_report(store, DEMO_ACCOUNT, day)
     typer.echo("parity: traded exactly as its backtest" if report.empty else f"parity: {len(report)} difference(s)")
     run = run_pipeline("eod_report", {"store": "settings", "account": DEMO_ACCOUNT, "session": str(day)},
                        store=store, clock=clock)
