@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -19,12 +20,12 @@ import exchange_calendars as xcals
 import pandas as pd
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'BAR_SIZES', 'BifrostError', 'ConfigError', 'StoreError', 'StoreLockedError', 'MigrationError',
-           'DataError', 'SourceUnavailableError', 'CalendarError', 'Setting', 'Settings', 'load_settings', 'mask_url',
-           'AssetClass', 'Side', 'OrderType', 'TimeInForce', 'OrderStatus', 'Instrument', 'Bar', 'Order', 'Fill',
-           'Position', 'Verdict', 'Check', 'Decision', 'AccountState', 'BrokerError', 'OrderRejectedError',
-           'BrokerUnavailableError', 'BrokerOrder', 'Broker', 'bar_size_delta', 'frame_text', 'Clock', 'LiveClock',
-           'SimulatedClock', 'TradingCalendar']
+__all__ = ['DEFAULTS', 'SYMBOL_RULE', 'BAR_SIZES', 'BifrostError', 'ConfigError', 'StoreError', 'StoreLockedError',
+           'MigrationError', 'DataError', 'SourceUnavailableError', 'CalendarError', 'Setting', 'Settings',
+           'load_settings', 'mask_url', 'AssetClass', 'Side', 'OrderType', 'TimeInForce', 'OrderStatus', 'SymbolError',
+           'check_symbol', 'Instrument', 'Bar', 'Order', 'Fill', 'Position', 'Verdict', 'Check', 'Decision',
+           'AccountState', 'BrokerError', 'OrderRejectedError', 'BrokerUnavailableError', 'BrokerOrder', 'Broker',
+           'bar_size_delta', 'frame_text', 'Clock', 'LiveClock', 'SimulatedClock', 'TradingCalendar']
 
 # %% ../nbs/00_core.ipynb #da7f2ae3
 class BifrostError(Exception):
@@ -185,6 +186,23 @@ def _dec(x, what: str) -> Decimal:
         raise ValueError(f"{what} must be finite, was {d}")
     return d
 
+SYMBOL_RULE = ("1 to 21 characters: upper-case letters A-Z, digits 0-9, '.', '-' and '/', starting with a "
+               "letter or digit (e.g. SPY, BRK.A, BF-B, EUR/USD)")
+_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9./-]{0,20}")
+
+class SymbolError(BifrostError, ValueError):
+    "A symbol that breaks Bifrost's symbol grammar (`SYMBOL_RULE`)."
+
+def check_symbol(symbol, what: str = "symbol") -> str:
+    "Return `symbol` if it follows `SYMBOL_RULE`; otherwise raise a `SymbolError` that states the rule."
+    if isinstance(symbol, str) and _SYMBOL.fullmatch(symbol):
+        return symbol
+    long = isinstance(symbol, str) and len(symbol) > 24
+    shown = f"{symbol[:24]!r}... ({len(symbol):,} characters)" if long else repr(symbol)
+    fixable = isinstance(symbol, str) and _SYMBOL.fullmatch(symbol.strip().upper())
+    raise SymbolError(f"{what} {shown} is not a valid symbol: {SYMBOL_RULE}",
+                      hint=f"use {symbol.strip().upper()}" if fixable else "give the exchange ticker, e.g. SPY or BRK.A")
+
 @dataclass(frozen=True, slots=True)
 class Instrument:
     "A tradable thing: `symbol` is Bifrost's permanent id (tickers can change, see `bifrost.data`)."
@@ -198,8 +216,7 @@ class Instrument:
     sector: str | None = None
 
     def __post_init__(self):
-        if not self.symbol or self.symbol != self.symbol.strip().upper():
-            raise ValueError(f"symbol must be non-empty upper case, was {self.symbol!r}")
+        check_symbol(self.symbol)
         object.__setattr__(self, "tick_size", _dec(self.tick_size, "tick_size"))
         if self.tick_size <= 0:
             raise ValueError(f"tick_size must be positive, was {self.tick_size}")
@@ -236,6 +253,7 @@ class Order:
         set_ = lambda k, v: object.__setattr__(self, k, v)
         if not self.client_order_id:
             raise ValueError("client_order_id must be non-empty")
+        check_symbol(self.symbol, "an order's symbol")
         set_("side", Side(self.side))
         set_("order_type", OrderType(self.order_type))
         set_("time_in_force", TimeInForce(self.time_in_force))

@@ -190,6 +190,7 @@ class Store:
         raise NotImplementedError
     def _fetch_df(self, con, sql: str, params: Sequence) -> pd.DataFrame: raise NotImplementedError
     def _has_timescale(self, con) -> bool: return False
+    def _lock(self, con, name: str) -> None: raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------
     @contextmanager
@@ -240,6 +241,12 @@ class Store:
                 yield con
             finally:
                 self._close(con)
+
+    def lock(self, name: str) -> None:
+        "Hold an exclusive lock on `name` until the enclosing `transaction()` ends (a second holder waits)."
+        if not self._in_tx:
+            raise StoreError(f"lock({name!r}) needs an open transaction", hint="call it inside `with store.transaction():`")
+        self._lock(self._con, name)
 
     def execute(self, sql: str, params: Sequence = ()) -> None:
         "Run one statement that writes (in its own transaction unless inside `transaction()`)."
@@ -368,6 +375,9 @@ class DuckDBStore(Store):
     def _close(self, con):
         con.close()
 
+    def _lock(self, con, name):
+        "Nothing to take: one process writes a DuckDB file at a time, and in-process writers conflict at commit."
+
     def _fetch_df(self, con, sql, params):
         try:
             return con.execute(sql, params).df()
@@ -428,6 +438,9 @@ class PostgresStore(Store):
 
     def _close(self, con):
         con.close()
+
+    def _lock(self, con, name):
+        con.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"bifrost:{name}"])
 
     def _fetch_df(self, con, sql, params):
         try:

@@ -13,7 +13,7 @@ import pytest
 from bifrost.audit import AuditTrail
 from bifrost.compliance.rules import (FINRA_PDT, ComplianceError, PatternDayTrader, RuleBook, RuleVersion, day_trades,
                                       load_rulebook, save_rule)
-from bifrost.core import AccountState, Fill, Order, Side, TradingCalendar, Verdict
+from bifrost.core import AccountState, Fill, Order, Side, SymbolError, TradingCalendar, Verdict
 
 CAL = TradingCalendar("XNYS")
 ny = lambda t: pd.Timestamp(t, tz="America/New_York").to_pydatetime()
@@ -109,7 +109,8 @@ def test_restricted_list_when_symbol_case_or_spaces_or_own_dates_then_normalised
     order = lambda s: Order("1", s, Side.SELL, D(1))
     c = rule.check(order("XYZ"), state("2014-06-03 10:00", []))[0]
     assert (c.verdict, c.reason) == (Verdict.BLOCK, "XYZ is on the restricted list")
-    assert rule.check(order(" Xyz"), state("2014-06-03 10:00", []))[0].verdict is Verdict.BLOCK
+    with pytest.raises(SymbolError, match="is not a valid symbol"):  # an order names its symbol exactly (issue 16)
+        order(" Xyz")
     c = rule.check(order("ABC"), state("2014-06-06 10:00", []))[0]
     assert c.verdict is Verdict.BLOCK and "ABC" in c.reason and "deal team" in c.reason
     assert rule.check(order("ABC"), state("2014-06-09 10:00", []))[0].verdict is Verdict.PASS   # until is exclusive

@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from ..audit import AuditTrail
-from ..core import (DEFAULTS, AccountState, BifrostError, Check, Fill, Order, Side, TradingCalendar, Verdict)
+from ..core import (DEFAULTS, AccountState, BifrostError, Check, Fill, Order, Side, TradingCalendar, Verdict,
+                          check_symbol)
 from ..store import Store
 
 # %% auto #0
@@ -55,10 +56,10 @@ class BaseRule:
         return f"<{type(self).__name__} {self.name} v{self.version}>"
 
 def normalise_symbol(symbol: str) -> str:
-    "A symbol as the rules compare it: stripped, upper case."
+    "A symbol as the rules compare it: stripped, upper case, and within the symbol grammar (`SYMBOL_RULE`)."
     if not isinstance(symbol, str) or not symbol.strip():
         raise ComplianceError(f"a symbol must be a non-empty string, was {symbol!r}")
-    return symbol.strip().upper()
+    return check_symbol(symbol.strip().upper(), "a rule's symbol")
 
 def _day(x, what: str) -> date | None:
     if x is None or (not isinstance(x, str) and pd.isna(x)):  # None, NaT (a datetime, so test it first), NaN

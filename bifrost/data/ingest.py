@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..core import Clock, DataError, LiveClock, TradingCalendar
+from ..core import Clock, DataError, LiveClock, TradingCalendar, check_symbol
 from .sources import Feed, FeedSpec, Source
 from .validate import Bounds, Reason, validate_bars
 from ..store import Store
@@ -35,6 +35,8 @@ def load_reference(store: Store, source: Source) -> None:
                          ["symbol", "ex_date", "kind"])
 
 def _ensure_instruments(store: Store, symbols, spec: FeedSpec) -> None:
+    for s in symbols:  # a reference file names symbols too: the grammar holds for them as for tickers
+        check_symbol(s)
     have = set(store.query("SELECT symbol FROM instruments").symbol)
     new = [s for s in symbols if s not in have]
     if new:
@@ -109,7 +111,6 @@ def ingest_feed(store: Store, feed_id: str, feed: Feed, clock: Clock, bounds: Bo
     calendar = TradingCalendar(spec.calendar) if spec.calendar else None
     good_parts, bad_parts = [], [unmapped]
     symbols = tuple(sorted(symbol.dropna().unique()))
-    _check_series(store, feed, symbols)
     for sym in symbols:
         rows = bars[symbol == sym]
         known = store.query("SELECT ex_date, value FROM corporate_actions WHERE symbol = ? AND kind = 'split'", (sym,))
@@ -122,7 +123,11 @@ def ingest_feed(store: Store, feed_id: str, feed: Feed, clock: Clock, bounds: Bo
     bad = pd.concat([b for b in bad_parts if len(b)], ignore_index=True) if any(len(b) for b in bad_parts) else None
     actions = _feed_actions(store, feed)
     last_ts = good.ts.max()  # the watermark moves only with stored rows
+    quarantined = (0 if bad is None else bad.row_ref.nunique()) + len(feed.rejects)
     with store.transaction():
+        for sym in symbols:  # the check and the write in one transaction, one writer per series at a time
+            store.lock(f"series:{sym}:{spec.bar_size}")
+        _check_series(store, feed, symbols)
         if symbols:
             _ensure_instruments(store, symbols, spec)
             store.upsert("series", pd.DataFrame({"symbol": symbols, "bar_size": spec.bar_size, "source": feed.vendor,
@@ -132,16 +137,24 @@ def ingest_feed(store: Store, feed_id: str, feed: Feed, clock: Clock, bounds: Bo
             ["symbol", "bar_size", "ts"])
         if bad is not None:
             store.upsert("quarantine", _quarantine_rows(bad, feed.source, spec.bar_size), ["source", "row_ref", "reason"])
+        if len(feed.rejects):
+            store.upsert("quarantine", pd.DataFrame({
+                "source": feed.source, "row_ref": feed.rejects.row_ref, "reason": Reason.MALFORMED_LINE.value,
+                "symbol": spec.ticker, "bar_size": spec.bar_size, "ts": pd.Series(pd.NaT, index=feed.rejects.index,
+                                                                                   dtype="datetime64[us, UTC]"),
+                "detail": feed.rejects.detail, "raw": feed.rejects.raw}), ["source", "row_ref", "reason"])
         if len(actions):
             store.upsert("corporate_actions", actions.assign(source=feed.source), ["symbol", "ex_date", "kind"])
         store.upsert("ingestions", pd.DataFrame({
             "id": [uuid.uuid4().hex], "source": feed_id, "symbol": ",".join(symbols) or None, "bar_size": spec.bar_size,
-            "started_at": [pd.Timestamp(clock.now())], "rows_in": len(bars), "rows_written": len(good),
-            "rows_quarantined": 0 if bad is None else bad.row_ref.nunique(), "ticker": spec.ticker,
+            "started_at": [pd.Timestamp(clock.now())], "rows_in": len(bars) + len(feed.rejects), "rows_written": len(good),
+            "rows_quarantined": quarantined, "ticker": spec.ticker,
             "last_ts": [last_ts if pd.notna(last_ts) else _watermark(store, feed_id, clock.now())]}), ["id"])
     reasons = {} if bad is None else bad.reason.value_counts().to_dict()
-    return FeedResult(feed.source, spec.ticker, spec.bar_size, len(bars), len(good),
-                      0 if bad is None else bad.row_ref.nunique(), symbols, reasons)
+    if len(feed.rejects):
+        reasons[Reason.MALFORMED_LINE.value] = len(feed.rejects)
+    return FeedResult(feed.source, spec.ticker, spec.bar_size, len(bars) + len(feed.rejects), len(good),
+                      quarantined, symbols, reasons)
 
 def _feed_actions(store: Store, feed: Feed) -> pd.DataFrame:
     "The feed's own splits and dividends, filed under the instrument holding the ticker on the ex-date."

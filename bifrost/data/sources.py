@@ -5,6 +5,9 @@
 # %% ../../nbs/02b_data.sources.ipynb #7ec94e8d
 from __future__ import annotations
 
+import csv
+import gzip
+import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -12,10 +15,11 @@ from fractions import Fraction
 from importlib.resources import files
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
-from ..core import BAR_SIZES, AssetClass, DataError, TradingCalendar
+from ..core import BAR_SIZES, AssetClass, DataError, TradingCalendar, check_symbol
 
 # %% auto #0
 __all__ = ['BASES', 'SAMPLE', 'LEAN_REFERENCE', 'FeedSpec', 'Feed', 'ReferenceData', 'Source', 'session_day', 'parse_bars',
@@ -40,7 +44,8 @@ class FeedSpec:
             raise ValueError(f"basis must be one of {BASES}, was {self.basis!r}")
         if self.bar_size not in BAR_SIZES:
             raise ValueError(f"bar size must be one of {BAR_SIZES}, was {self.bar_size!r}")
-        object.__setattr__(self, "ticker", self.ticker.upper())
+        object.__setattr__(self, "ticker", check_symbol(self.ticker.upper() if isinstance(self.ticker, str) else self.ticker,
+                                                        "ticker"))
 
 @dataclass(frozen=True)
 class Feed:
@@ -51,6 +56,7 @@ class Feed:
     bars: pd.DataFrame  # ts (UTC, bar start), open, high, low, close, volume, row_ref
     splits: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))     # ex-date -> new shares per old
     dividends: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))  # ex-date -> cash per share (raw)
+    rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["row_ref", "detail", "raw"]))  # lines no row came from
 
 @dataclass(frozen=True)
 class ReferenceData:
@@ -147,12 +153,14 @@ def _events(table: pd.DataFrame, day: pd.Series, names: tuple[str, ...], neutral
     keep = (v != neutral) & day.notna()
     return pd.Series(v[keep].to_numpy(float), index=pd.DatetimeIndex(day[keep].to_numpy()))
 
-def parse_bars(table: pd.DataFrame, spec: FeedSpec, source: str, ref_prefix: str, vendor: str | None = None) -> Feed:
-    "Turn a vendor table into a `Feed` (raw prices wherever the table says how it was adjusted)."
+def parse_bars(table: pd.DataFrame, spec: FeedSpec, source: str, ref_prefix: str, vendor: str | None = None,
+               lines: np.ndarray | None = None) -> Feed:
+    "Turn a vendor table into a `Feed` (raw prices wherever the table says how it was adjusted); `lines`: each row's line."
     tcol = "datetime" if "datetime" in table.columns else "date"
     if tcol not in table.columns or not {"open", "high", "low", "close", "volume"} <= set(table.columns):
         raise DataError(f"{ref_prefix}: expected columns date|datetime, open, high, low, close, volume; "
-                        f"found {list(table.columns)}")
+                        f"found {list(table.columns)[:12]}",
+                        hint="name them so in the header line (comma-separated; other columns are ignored)")
     ts, note = _parse_ts(table[tcol], spec)
     if len(table) and ts.isna().all() and note.notna().all():
         raise DataError(f"{ref_prefix}: no time in column {tcol!r} could be read; line 2 {note.iloc[0]}",
@@ -160,7 +168,8 @@ def parse_bars(table: pd.DataFrame, spec: FeedSpec, source: str, ref_prefix: str
     bars = pd.DataFrame({"ts": ts})
     for c in ("open", "high", "low", "close", "volume"):
         bars[c] = pd.to_numeric(table[c], errors="coerce").to_numpy(float)
-    bars["row_ref"] = f"{ref_prefix}:" + pd.Series(np.arange(2, len(table) + 2)).astype(str)  # line 1 is the header
+    lines = np.arange(2, len(table) + 2) if lines is None else lines  # line 1 is the header
+    bars["row_ref"] = f"{ref_prefix}:" + pd.Series(lines).astype(str)
     bars["ts_note"] = note  # why a row's time is unusable (None when it is fine)
     day = session_day(ts, spec)
     splits = _events(table, day, _SPLIT_COLS, 1.0)
@@ -219,13 +228,99 @@ def lean_corporate_actions(symbol: str, factor_file: pd.DataFrame, calendar: Tra
         ["symbol", "ex_date", "kind", "value"]]
 
 # %% ../../nbs/02b_data.sources.ipynb #13d7fcf9
+def _sniff(path: Path) -> str:
+    "What `path` holds — 'csv', 'gzip' (a gzipped CSV) or 'parquet' — or a `DataError` saying why it cannot be read."
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path} is a symbolic link to {os.readlink(path)}, which cannot be followed",
+                        hint="give the file itself, or fix the link")
+    if not path.exists():
+        raise DataError(f"no such file: {path}", hint="check the path")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a file of bars", hint="give one CSV or Parquet file per command")
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file", hint="give one CSV or Parquet file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}", hint="check the file's permissions") from err
+    if not head:
+        raise DataError(f"{path} is empty", hint="a file of bars starts with a header: date,open,high,low,close,volume")
+    if head.startswith(b"PAR1") or path.suffix.lower() in (".parquet", ".pq"):
+        return "parquet"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or head[1::2].count(0) > len(head) // 4:
+        raise DataError(f"{path} is UTF-16 text; Bifrost reads CSV files as UTF-8",
+                        hint=f"convert it: iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}-utf8.csv")
+    if b"\x00" in head:
+        raise DataError(f"{path} is not a text file (it holds NUL bytes)", hint="give a CSV or a Parquet file")
+    return "csv"
+
+def _column_names(names: list[str], path: Path) -> list[str]:
+    out = [str(c).strip().lower().replace(" ", "_").replace("-", "_") for c in names]
+    twice = sorted({c for c in out if out.count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: column(s) {twice} appear more than once in the header", hint="keep one of each")
+    return out
+
+def _read_csv(path: Path, kind: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    "Every well-formed line as text, each row's line number, and the malformed lines (line, detail, raw)."
+    try:
+        with (gzip.open if kind == "gzip" else open)(path, "rb") as fh:
+            header = next(csv.reader([fh.readline().decode("utf-8-sig")]), [])
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: the header line is not UTF-8 text", hint="save the file as UTF-8") from err
+    except (OSError, EOFError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read the header line ({err})", hint="check that the file is complete") from err
+    if not any(c.strip() for c in header):
+        raise DataError(f"{path}: the first line is not a header", hint="start the file with date,open,high,low,close,volume")
+    names = _column_names(header, path)
+    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(names))) + "}"
+    con = duckdb.connect()
+    try:
+        rows = con.execute(f"""SELECT * FROM read_csv(?, header = true, delim = ',', quote = '"', escape = '"',
+                                   auto_detect = false, columns = {columns}, strict_mode = true, store_rejects = true,
+                                   compression = '{"gzip" if kind == "gzip" else "none"}')""", [str(path)]).df()
+        rejects = con.execute("""SELECT line, string_agg(DISTINCT error_type || ': ' || error_message, '; ') AS detail,
+                                        min(csv_line) AS raw
+                                 FROM reject_errors GROUP BY line ORDER BY line""").df()
+    except duckdb.Error as err:
+        raise DataError(f"{path} cannot be read as CSV: {str(err).splitlines()[0]}",
+                        hint="check that it is a comma-separated text file with one header line") from err
+    finally:
+        con.close()
+    rows.columns = names
+    taken = set(rejects.line.astype(int))
+    lines, n = [], 2  # a well-formed row's line: the next one no malformed line took (a quoted newline may shift it)
+    while len(lines) < len(rows):
+        if n not in taken:
+            lines.append(n)
+        n += 1
+    rejects["detail"] = rejects.detail.str.replace(r"\s+", " ", regex=True).str.slice(0, 300)
+    return rows, np.array(lines, dtype=np.int64), rejects
+
+def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    "A CSV or Parquet file of bars: (table with lower-case column names, each row's line, malformed lines)."
+    path = Path(path)
+    kind = _sniff(path)
+    if kind == "parquet":
+        try:
+            table = pd.read_parquet(path)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a damaged file; all mean the same
+            raise DataError(f"{path} is not a readable Parquet file: {str(err).splitlines()[0][:200]}",
+                            hint="check that the file is complete, or export it again") from err
+        table.columns = _column_names(list(table.columns), path)
+        lines, rejects = np.arange(2, len(table) + 2), pd.DataFrame(columns=["line", "detail", "raw"])
+    else:
+        table, lines, rejects = _read_csv(path, kind)
+    if not len(table) and not len(rejects):
+        raise DataError(f"{path} has a header and no rows", hint="nothing to ingest: check that the export finished")
+    return table, lines, rejects
+
 def read_table(path: Path) -> pd.DataFrame:
     "Read a CSV or Parquet file with lower-case column names (values as text for CSV, to parse once)."
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"no such file: {path}")
-    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str)
-    return table.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_").replace("-", "_"))
+    return _read_file(path)[0]
 
 class FileSource(Source):
     "One CSV or Parquet file of bars for one ticker; files of one `vendor` may feed the same series."
@@ -237,14 +332,17 @@ class FileSource(Source):
         return [self.spec]
 
     def fetch(self, spec: FeedSpec, since: pd.Timestamp | None = None) -> Feed:
-        feed = parse_bars(read_table(self.path), spec, self.name, self.path.name, self.vendor)
+        table, lines, rejects = _read_file(self.path)
+        feed = parse_bars(table, spec, self.name, self.path.name, self.vendor, lines)
+        feed = replace(feed, rejects=pd.DataFrame({"row_ref": f"{self.path.name}:" + rejects.line.astype(str),
+                                                   "detail": rejects.detail, "raw": rejects.raw}))
         return _since(feed, since)
 
 def _since(feed: Feed, since: pd.Timestamp | None) -> Feed:
     if since is None:
         return feed
     keep = feed.bars.ts.isna() | (feed.bars.ts > since)
-    return Feed(feed.source, feed.vendor, feed.spec, feed.bars[keep].reset_index(drop=True), feed.splits, feed.dividends)
+    return replace(feed, bars=feed.bars[keep].reset_index(drop=True))
 
 # %% ../../nbs/02b_data.sources.ipynb #c04ded7f
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Mapping
 import pandas as pd
 
 from ..audit import AuditTrail
-from ..core import AccountState, BifrostError, Check, Fill, Order, OrderType, Side, Verdict
+from ..core import AccountState, BifrostError, Check, Fill, Order, OrderType, Side, Verdict, check_symbol
 from ..portfolio.ledger import Portfolio
 from ..portfolio.money import as_of_ts
 from ..store import Store
@@ -55,7 +55,8 @@ class Limits:
         for f in fields(self):
             if f.name != "restricted":
                 object.__setattr__(self, f.name, _dec_or_none(getattr(self, f.name), f.name))
-        object.__setattr__(self, "restricted", frozenset(s.strip().upper() for s in self.restricted))
+        object.__setattr__(self, "restricted", frozenset(check_symbol(s.strip().upper() if isinstance(s, str) else s, "a restricted symbol")
+                                                     for s in self.restricted))
 
     def to_json(self) -> str:
         d = {k: (str(v) if isinstance(v, Decimal) else sorted(v) if k == "restricted" else v)
