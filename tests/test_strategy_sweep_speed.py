@@ -112,9 +112,14 @@ def test_simulate_equity_is_simulate_on_random_weights(two):
                  float(rng.choice([0.0, 10.0])))
         cash = float(rng.choice([1_000.0, 100_000.0]))
         _, _, equity, trades = simulate(*arrays, w, cash, *costs, blocked)
-        got, rets = np.empty(len(equity)), np.empty(len(equity) - 1)
-        n = _simulate_equity(*arrays, w, cash, *costs, got, rets)
+        got, rets, floor = np.empty(len(equity)), np.empty(len(equity) - 1), np.empty(1)
+        n = _simulate_equity(*arrays, w, cash, *costs, got, rets, floor)
         np.testing.assert_array_equal(got, equity)
+        positions, cash_s, _, _ = simulate(*arrays, w, cash, *costs, blocked)
+        marks = pd.DataFrame(arrays[3]).ffill().to_numpy()
+        at_open = [cash_s[t - 1] + np.nansum(positions[t - 1] * np.where(np.isnan(arrays[0][t]), marks[t - 1], arrays[0][t]))
+                   for t in range(1, len(equity)) if not np.isnan(w[t - 1]).all()]  # bars that carry orders
+        assert np.isclose(floor[0], min(at_open, default=np.inf), rtol=1e-12)
         np.testing.assert_array_equal(rets, np.diff(equity) / equity[:-1])
         assert n == len(trades)
 
@@ -125,7 +130,7 @@ def test_simulate_many_and_sweep_agree_with_simulate(two):
     weights = rng.choice([np.nan, np.nan, 0.0, 0.5], size=(9,) + arrays[0].shape)
     equity, n_trades = simulate_many(*arrays, weights, 50_000.0, 1.0, 0.0, 1.0, 5.0)
     eq2, n2, sh = np.empty_like(equity), np.empty(len(weights), np.int64), np.empty(len(weights))
-    _sweep(*arrays, weights, 50_000.0, 1.0, 0.0, 1.0, 5.0, 252, eq2, n2, sh)
+    _sweep(*arrays, weights, 50_000.0, 1.0, 0.0, 1.0, 5.0, 252, eq2, n2, sh, np.empty(len(weights)))
     blocked = np.zeros(arrays[0].shape, np.bool_)
     for c in range(len(weights)):
         _, _, e, trades = simulate(*arrays, weights[c], 50_000.0, 1.0, 0.0, 1.0, 5.0, blocked)

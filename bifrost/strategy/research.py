@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..core import Clock, LiveClock, load_settings
 from .api import FIELDS, Costs, Panel, Strategy, StrategyError
-from .vector import SweepResult, grid, run_sweep, simulate
+from .vector import DEFAULT_GATE, SweepResult, _gated_simulate, grid, run_sweep
 
 # %% auto #0
 __all__ = ['SEARCHES', 'sharpe', 'param_space', 'sample', 'slice_panel', 'GridBayes', 'connect_ray', 'RaySweepResult',
@@ -422,7 +422,7 @@ def ray_sweep(strategy_cls: type[Strategy],      # the strategy to tune
         raise StrategyError("no trial produced a result (every proposed combination was invalid)")
     table = pd.concat([t[2] for t in done], ignore_index=True)
     equity = np.concatenate([t[3] for t in done])
-    return RaySweepResult(strategy_cls.__name__, table, equity, kind, metric, mode, path)
+    return RaySweepResult(strategy_cls.__name__, table, equity, search=kind, metric=metric, mode=mode, path=path)
 
 # %% ../../nbs/08d_strategy.research.ipynb #d9613d0d
 def sweep_grid(result: SweepResult | pd.DataFrame, x: str, y: str, value: str = "sharpe",
@@ -482,10 +482,9 @@ def run_oos(strategy: Strategy, panel: Panel, start: int, stop: int, cash: float
         w[:k - 1] = 0.0
         w[k - 1] = np.nan_to_num(held, nan=0.0)
     arr = lambda f: np.ascontiguousarray(getattr(sub, f).to_numpy(np.float64))
-    # research, like a sweep: ungated; the version promoted to trading is backtested through its account's gate
-    _, _, equity, _ = simulate(arr("open"), arr("high"), arr("low"), arr("close"), np.ascontiguousarray(w), float(cash),
-                               costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps,
-                               np.zeros(w.shape, np.bool_))
+    # through the gate every backtest passes (its sweeps too); a promoted version is backtested with its account's
+    _, _, equity, _, _ = _gated_simulate((arr("open"), arr("high"), arr("low"), arr("close")), np.ascontiguousarray(w),
+                                         float(cash), costs, DEFAULT_GATE, "backtest", sub)
     return pd.Series(equity[k:], index=sub.index[k:], name="equity")
 
 # %% ../../nbs/08d_strategy.research.ipynb #558debbe

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..analytics.kernels import periods_per_year
-from ..analytics.metrics import summary_table
+from ..analytics.metrics import summary_table, too_short_to_annualise
 from ..compliance.gate import Gate
 from ..core import AccountState, Decision, Order, Side
 from ..risk.limits import Limits
@@ -255,8 +255,8 @@ def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
 
 # %% ../../nbs/08b_strategy.vector.ipynb #5a3e0c01
 @numba.njit(cache=True)
-def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, equity, rets):
-    "`simulate`'s arithmetic keeping only equity (into `equity`) and simple returns (into `rets`); returns the trade count."
+def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, equity, rets, floor):
+    "`simulate`'s arithmetic keeping only equity (into `equity`), simple returns (into `rets`) and the lowest value at an open with orders (into `floor[0]`); returns the trade count."
     n_bars, n_sym = close.shape
     pos = np.zeros(n_sym, np.int64)
     marks = np.full(n_sym, np.nan)
@@ -265,6 +265,7 @@ def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, mi
     deltas = np.zeros(n_sym, np.int64)
     n_trades = 0
     cash = cash0
+    floor[0] = np.inf
     for t in range(n_bars):
         if t > 0:
             active = False  # most bars carry no order at all: skip valuing the account for them
@@ -277,6 +278,7 @@ def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, mi
                 for i in range(n_sym):
                     if pos[i] != 0:
                         value += pos[i] * (open_[t, i] if open_[t, i] == open_[t, i] else marks[i])
+                floor[0] = min(floor[0], value)  # what the gate sees the account worth as it asks about these orders
                 n_sells = 0
                 n_buys = 0
                 for i in range(n_sym):
@@ -406,32 +408,32 @@ def simulate_many(open_, high, low, close, weights, cash0, bps, per_share, minim
     n_trades = np.empty(n_combos, np.int64)
     for c in numba.prange(n_combos):
         n_trades[c] = _simulate_equity(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
-                                       equity[c], np.empty(max(n_bars - 1, 0)))
+                                       equity[c], np.empty(max(n_bars - 1, 0)), np.empty(1))
     return equity, n_trades
 
 @numba.njit(cache=True)
 def _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-               equity, n_trades, sharpe):
+               equity, n_trades, sharpe, floor):
     rets = np.empty(max(close.shape[0] - 1, 0))
     n_trades[c] = _simulate_equity(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
-                                   equity[c], rets)
+                                   equity[c], rets, floor[c:c + 1])
     sharpe[c] = _sharpe(rets, periods_per_year)
 
 @numba.njit(parallel=True, cache=True)
 def _sweep(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-           equity, n_trades, sharpe):
-    "Fill `equity`, `n_trades` and `sharpe` for every combination's weights; one thread per combination."
+           equity, n_trades, sharpe, floor):
+    "Fill `equity`, `n_trades`, `sharpe` and `floor` for every combination's weights; one thread per combination."
     for c in numba.prange(weights.shape[0]):
         _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-                   equity, n_trades, sharpe)
+                   equity, n_trades, sharpe, floor)
 
 @numba.njit(cache=True)
 def _sweep_serial(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-                  equity, n_trades, sharpe):
+                  equity, n_trades, sharpe, floor):
     "`_sweep` in the calling thread."
     for c in range(weights.shape[0]):
         _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-                   equity, n_trades, sharpe)
+                   equity, n_trades, sharpe, floor)
 
 # A parallel region ends when its slowest thread does; on a busy machine a descheduled worker costs a scheduler
 # time slice (milliseconds), more than a small sweep takes on one core. Threads pay off from about this much work.
@@ -443,9 +445,17 @@ class SweepResult:
     strategy: str
     table: pd.DataFrame
     equity: np.ndarray  # combos × bars
+    periods_per_year: float = 252.0
 
     def best(self, by: str = "sharpe") -> pd.Series:
         return self.table.sort_values(by, ascending=False).iloc[0]
+
+    def summary(self, top: int = 10, by: str = "sharpe") -> pd.DataFrame:
+        "The `top` combinations by `by`; Sharpe withheld under a year of bars (`attrs['note']` says why)."
+        out = self.table.sort_values(by, ascending=False, na_position="last").head(top)
+        why = too_short_to_annualise(self.equity.shape[1] - 1, self.periods_per_year)
+        out.attrs["note"] = "" if why is None else f"Sharpe {why}"
+        return out.assign(sharpe=np.nan) if why else out
 
     def __repr__(self):
         return f"<SweepResult {self.strategy}: {len(self.table)} combinations × {self.equity.shape[1]} bars>"
@@ -464,9 +474,21 @@ def grid(strategy_cls: type[Strategy], **values) -> list[dict]:
         valid.append(c)
     return valid
 
+def _batch_path(strategy_cls: type[Strategy], attr: str):
+    "The class's batch targets `attr`, only if its `targets` is the one that batch path was written beside."
+    owner = next((k for k in strategy_cls.__mro__ if attr in vars(k)), None)
+    if owner is None or strategy_cls.targets is not owner.targets or strategy_cls.run_targets is not owner.run_targets:
+        return None  # a subclass that changed targets: its own targets, one combination at a time
+    return getattr(strategy_cls, attr)
+
+def _waves_through(gate: Gate, open_: np.ndarray) -> bool:
+    "Whether `gate` has no limits and no rules, so refuses only an order at no price or growing an account worth nothing."
+    return gate.rules is None and gate.limits == Limits() and not (open_ <= 0).any()
+
 def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], cash: float = 100_000.0,
-              costs: Costs = Costs(), periods_per_year: int = 252, chunk: int = 500) -> SweepResult:
-    "Backtest every parameter combination in `combos` on `panel`, at most `chunk` combinations' targets at a time."
+              costs: Costs = Costs(), periods_per_year: int = 252, chunk: int = 500,
+              gate: Gate = DEFAULT_GATE, account: str = "backtest") -> SweepResult:
+    "Backtest every combination in `combos` on `panel` through `gate`, as `run_vectorized` would, `chunk` at a time."
     if not combos:
         raise StrategyError("the sweep has no valid parameter combinations")
     strategies = [strategy_cls(**c) for c in combos]
@@ -475,21 +497,28 @@ def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], ca
     parallel = len(combos) * len(panel) * len(panel.symbols) >= _PARALLEL_FROM
     kernel, size = (_sweep, chunk) if parallel else (_sweep_serial, min(chunk, 32))  # one thread: slices that stay in cache
     parts = [strategies[start:start + size] for start in range(0, len(strategies), size)]
-    batches, batch = getattr(strategy_cls, "targets_batches", None), getattr(strategy_cls, "targets_batch", None)
+    batches, batch = _batch_path(strategy_cls, "targets_batches"), _batch_path(strategy_cls, "targets_batch")
     weights = (batches(panel, strategies, size) if batches else
                (batch(panel, part) for part in parts) if batch else
                (np.stack([s.run_targets(panel).to_numpy(np.float64) for s in part]) for part in parts))
-    equity, trades, sharpe = np.empty((len(combos), len(panel))), np.empty(len(combos), np.int64), np.empty(len(combos))
-    start = 0
+    n = len(combos)
+    equity, trades, sharpe, floor = np.empty((n, len(panel))), np.empty(n, np.int64), np.empty(n), np.empty(n)
+    start, waved = 0, _waves_through(gate, o)
     for w in weights:
         stop = start + len(w)
-        kernel(o, h, l, c_, np.ascontiguousarray(w, dtype=np.float64), float(cash), costs.commission_bps,
-               costs.per_share, costs.minimum, costs.slippage_bps, periods_per_year, equity[start:stop],
-               trades[start:stop], sharpe[start:stop])
+        w = np.ascontiguousarray(w, dtype=np.float64)
+        kernel(o, h, l, c_, w, float(cash), costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps,
+               periods_per_year, equity[start:stop], trades[start:stop], sharpe[start:stop], floor[start:stop])
+        # the kernel alone answers for a gate that can refuse nothing here; any other gate is asked order by order
+        asks = range(len(w)) if not waved else np.flatnonzero(floor[start:stop] <= 0.01 * cash)  # near zero: ask
+        for j in asks:
+            _, _, eq, tr, _ = _gated_simulate((o, h, l, c_), w[j], float(cash), costs, gate, account, panel)
+            equity[start + j], trades[start + j] = eq, len(tr)
+            sharpe[start + j] = _sharpe(np.diff(eq) / eq[:-1], periods_per_year)
         start = stop
     keys = combos[0].keys()
     params = ({k: [c[k] for c in combos] for k in keys} if all(c.keys() == keys for c in combos)
               else dict(pd.DataFrame(combos).items()))  # a parameter some combinations leave out: NaN there
     table = pd.DataFrame(params | {"final_equity": equity[:, -1], "total_return": equity[:, -1] / cash - 1,
                                    "sharpe": sharpe, "trades": trades})
-    return SweepResult(strategy_cls.__name__, table, equity)
+    return SweepResult(strategy_cls.__name__, table, equity, periods_per_year)
