@@ -9,6 +9,8 @@ import json
 import os
 import platform
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -185,12 +187,41 @@ def _postgres_seconds(pg_url: str, workload: Workload, rows: int) -> float:
     finally:
         PostgresStore(url).drop_schema()
 
+_PEAK_CHILD = """
+import json, sys
+kind, url, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if kind == "read_csv":
+    import duckdb
+    con = duckdb.connect(url)
+    for i, (path, _, _, _) in enumerate(files):
+        con.execute(f"CREATE TABLE ref_{i} AS SELECT * FROM read_csv('{path}')")
+    con.close()
+else:
+    from bifrost.data.ingest import ingest
+    from bifrost.data.sources import FeedSpec, FileSource
+    from bifrost.store import connect
+    store = connect(url)
+    for path, ticker, bar_size, vendor in files:
+        ingest(store, FileSource(path, FeedSpec(ticker, bar_size), vendor), full=True, progress=False)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+def _peak_mb(kind: str, url: str, workload: Workload) -> float:
+    "Peak resident memory (MB) of a fresh process that runs `kind` ('read_csv' or 'ingest') over `workload` into `url`."
+    files = json.dumps([(str(p), f.spec.ticker, f.spec.bar_size, f.vendor) for p, f in workload])
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, kind, url, files], capture_output=True, text=True)
+    if out.returncode:
+        raise BifrostError(f"the {kind} memory probe failed: {out.stderr.strip().splitlines()[-1:]}")
+    return int(out.stdout.split()[-1]) / 1024  # kilobytes
+
 # %% ../nbs/12_bench.ipynb #0157a57a
 _INGEST_RATIOS = {
     "duckdb_vs_read_csv_daily": "Bifrost->DuckDB rows/s / DuckDB read_csv rows/s, daily files (aim >= 0.5)",
     "duckdb_vs_read_csv_intraday": "Bifrost->DuckDB rows/s / DuckDB read_csv rows/s, intraday file (aim >= 0.5)",
     "postgresql_vs_duckdb_daily": "PostgreSQL ingest s / DuckDB ingest s, daily: slowdown factor (aim <= 5)",
     "postgresql_vs_duckdb_intraday": "PostgreSQL ingest s / DuckDB ingest s, intraday: slowdown factor (aim <= 5)",
+    "peak_mb_duckdb_vs_read_csv_intraday": "peak MB of a Bifrost->DuckDB ingest process / of a read_csv process, intraday",
 }
 
 @benchmark("ingest", ratios=_INGEST_RATIOS)
@@ -232,6 +263,15 @@ def bench_ingest(quick: bool = False, repeat: int = 3, pg_url: str | None = None
                                      "its figures are left out")
                 for p in tmp.glob("*.duckdb*"):
                     p.unlink()
+        workload, _ = workloads["intraday"]  # peak memory: one run each, in a fresh process, after the timings
+        peak = {"read_csv": _peak_mb("read_csv", str(tmp / "peak_ref.duckdb"), workload),
+                "duckdb": _peak_mb("ingest", f"duckdb:///{tmp}/peak.duckdb", workload)}
+        if use_pg:
+            url = _schema_url(pg_url, f"bench_{secrets.token_hex(6)}")
+            try:
+                peak["postgresql"] = _peak_mb("ingest", url, workload)
+            finally:
+                PostgresStore(url).drop_schema()
     figures: dict[str, float] = {"daily_files": float(len(workloads["daily"][0]))}
     for name, (_, rows) in workloads.items():
         figures[f"{name}_rows"] = float(rows)
@@ -239,7 +279,9 @@ def bench_ingest(quick: bool = False, repeat: int = 3, pg_url: str | None = None
             if (side, name) in best:
                 figures[f"{side}_{name}_s"] = round(best[side, name], 6)
                 figures[f"{side}_{name}_rows_per_s"] = round(rows / best[side, name], 1)
-    ratios = {}
+    for side, mb in peak.items():
+        figures[f"{side}_intraday_peak_mb"] = round(mb, 1)
+    ratios = {"peak_mb_duckdb_vs_read_csv_intraday": round(peak["duckdb"] / peak["read_csv"], 3)}
     for name in workloads:
         if ("duckdb", name) in best:
             ratios[f"duckdb_vs_read_csv_{name}"] = round(best["read_csv", name] / best["duckdb", name], 4)
