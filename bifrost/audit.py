@@ -296,7 +296,7 @@ class AuditTrail:
             problems.append(AuditProblem(0, f"anchor file {self.anchors.path} line {n} is not an anchor: {text!r}"))
         for a in anchors:
             pins.setdefault(a.seq, []).append((a.hash, f"its anchor of {a.ts:%Y-%m-%d %H:%M:%S} UTC "
-                                                       f"({self.anchors.path.name} line {a.line})"))
+                                                       f"({self.anchors.path} line {a.line})"))
         if expect_head is not None:
             pins.setdefault(int(expect_head[0]), []).append((str(expect_head[1]), "the expected head"))
         expected_seq, prev, n, legacy, last = 1, GENESIS, 0, 0, None
