@@ -11,7 +11,7 @@ import pandas as pd
 
 from .api import Costs, Panel, Strategy, StrategyError, rebalance
 from ..compliance.gate import Gate
-from .vector import DEFAULT_GATE, BacktestResult, GateLog
+from .vector import DEFAULT_GATE, BacktestResult, GateLog, _prices_for_gate
 
 # %% auto #0
 __all__ = ['run_backtrader', 'parity']
@@ -26,7 +26,7 @@ class _CostsScheme(bt.CommInfoBase):
 
 class _Adapter(bt.Strategy):
     params = (("bifrost_strategy", None), ("panel", None), ("targets", None), ("costs", None), ("recompute", False),
-              ("gate_log", None))
+              ("gate_log", None), ("bars", None))  # bars: the panel's open, high, low, last close and gate prices
 
     def __init__(self):
         self.decision = None
@@ -47,17 +47,15 @@ class _Adapter(bt.Strategy):
             return
         datas, t = self.datas, len(self)  # next_open runs before the new bar is counted
         positions = np.array([int(self.getposition(d).size) for d in datas], dtype=np.int64)
-        prices = lambda line: np.array([getattr(d, line)[0] for d in datas], dtype=np.float64)
-        marks = np.array([d.close[-1] for d in datas], dtype=np.float64)
+        open_, high, low, last, gate_px = (a[t] for a in self.p.bars)  # the panel's: NaN where a symbol has no bar
         cash, weights, approved = self.broker.getcash(), self.decision.copy(), []
         while True:  # as the vectorised engine: a refused order's symbol sits out and the rest is re-planned
-            orders = rebalance(positions, cash, weights, prices("open"), prices("high"), prices("low"), marks,
-                               self.p.costs)
+            orders = rebalance(positions, cash, weights, open_, high, low, last, self.p.costs)
             run_cash, run_pos = cash, positions.copy()
             for n, (i, shares, price, fee) in enumerate(orders):
                 if n >= len(approved):
                     ok = self.p.gate_log.decide(self.p.panel.index[t].to_pydatetime(), i, shares, run_cash, run_pos,
-                                                prices("open"), self.values[-1], max(self.values))
+                                                gate_px, self.values[-1], max(self.values))
                     if not ok:
                         self.p.gate_log.refusals.append(self.p.gate_log.rows.pop())
                         weights[i] = np.nan
@@ -91,10 +89,7 @@ class _Record(bt.Analyzer):
 
 def run_backtrader(strategy: Strategy, panel: Panel, cash: float = 100_000.0, costs: Costs = Costs(),
                    recompute: bool = False, gate: Gate = DEFAULT_GATE, account: str = "backtest") -> BacktestResult:
-    "Backtest `strategy` on `panel` inside backtrader, every order through `gate` (every symbol needs every bar)."
-    if panel.close.isna().any().any():
-        raise StrategyError("the backtrader engine needs every symbol on every bar",
-                            hint="use panel.common() to keep the bars all symbols share")
+    "Backtest `strategy` on `panel` inside backtrader, every order through `gate`; a symbol's missing bars as the vectorised engine treats them."
     targets = strategy.run_targets(panel)
     log = GateLog(gate, account, panel.symbols)
     cerebro = bt.Cerebro(stdstats=False, cheat_on_open=True)
@@ -104,12 +99,19 @@ def run_backtrader(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
         cerebro.broker.set_slippage_perc(costs.slippage_bps / 1e4, slip_open=True, slip_limit=True,
                                          slip_match=True, slip_out=False)
     naive = panel.index.tz_convert("UTC").tz_localize(None)
+    last = panel.close.ffill()
     for sym in panel.symbols:
-        frame = pd.DataFrame({f: getattr(panel, f)[sym].to_numpy() for f in ("open", "high", "low", "close", "volume")},
-                             index=naive)
+        # backtrader wants a bar on every date: where a symbol has none, a flat bar at its last close (before its
+        # first, at its first open) with no volume. The adapter never trades there, and the broker values a
+        # position at the last close, as the vectorised engine does
+        fill = last[sym].fillna(panel.open[sym].bfill()).fillna(0.0)
+        frame = pd.DataFrame({f: getattr(panel, f)[sym].fillna(fill if f != "volume" else 0.0).to_numpy()
+                              for f in ("open", "high", "low", "close", "volume")}, index=naive)
         cerebro.adddata(bt.feeds.PandasData(dataname=frame, openinterest=None), name=sym)
+    arr = lambda f: np.ascontiguousarray(f.to_numpy(np.float64))
+    bars = (arr(panel.open), arr(panel.high), arr(panel.low), arr(last.shift(1)), _prices_for_gate(panel))
     cerebro.addstrategy(_Adapter, bifrost_strategy=strategy, panel=panel, targets=targets.to_numpy(np.float64),
-                        costs=costs, recompute=recompute, gate_log=log)
+                        costs=costs, recompute=recompute, gate_log=log, bars=bars)
     cerebro.addanalyzer(_Record, _name="record")
     adapter = cerebro.run()[0]
     if adapter.failed:
