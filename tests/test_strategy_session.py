@@ -73,7 +73,7 @@ def test_parity_report_when_fill_worse_or_missing_then_listed_with_pnl_effect(sp
     q = int(worse.quantity) * (1 if worse.side == "buy" else -1)
     assert Decimal(report.loc["fill_price", "pnl_effect"]) == -q * Decimal("0.05")
     closes = spy.query("SELECT close FROM bars WHERE symbol = 'SPY' AND ts < ? ORDER BY ts DESC LIMIT 1",
-                       [dt.datetime(2013, 10, 7, 20, tzinfo=dt.timezone.utc)])  # DAYS[1]'s close: regular hours
+                       [dt.datetime(2013, 10, 7, 20, 1, tzinfo=dt.timezone.utc)])  # through the bar at the close
     qg = int(gone.quantity) * (1 if gone.side == "buy" else -1)
     made = qg * (Decimal(repr(float(closes.close.iat[0]))) - Decimal(gone.price)) - Decimal(gone.commission)
     assert Decimal(report.loc["missed", "pnl_effect"]) == (-made).quantize(Decimal("0.01"))
@@ -324,5 +324,5 @@ def test_replay_when_not_asked_then_regular_hours_only(spy):
     _setup(spy)
     trade_session(spy, "acct", DAYS[0], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
     ts = pd.to_datetime(spy.query("SELECT ts FROM order_fills").ts, utc=True).dt.tz_convert("America/New_York")
-    assert len(ts) and ts.min().time() >= dt.time(9, 30) and ts.max().time() < dt.time(16, 0)
+    assert len(ts) and ts.min().time() >= dt.time(9, 30) and ts.max().time() <= dt.time(16, 0)  # the close: last
     assert json.loads(spy.scalar("SELECT summary FROM trading_sessions"))["bar_size"] == "1min"

@@ -62,7 +62,8 @@ def session_bars(store: Store, symbols: Sequence[str], session: date, bar_size: 
     bars = read_bars(store, list(symbols), bar_size, start, end)
     if not extended_hours and bar_size_delta(bar_size) < pd.Timedelta(days=1):  # an intraday bar counts if it starts between the open and the close
         hours = cal.schedule(session, session)
-        start, end = max(start, hours.open.iloc[0]), min(end, hours.close.iloc[0])
+        # from the open to the bar starting at the close: a decision at the last regular close fills there
+        start, end = max(start, hours.open.iloc[0]), min(end, hours.close.iloc[0] + bar_size_delta(bar_size))
     bars = bars[(bars.ts >= start) & (bars.ts < end)]
     if bars.empty:
         raise StrategyError(f"no {bar_size} bars of {list(symbols)} stored for {session}",
