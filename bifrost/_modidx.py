@@ -230,6 +230,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'bifrost/analytics/tearsheet.py'),
                                              'bifrost.analytics.tearsheet._trades_section': ( 'analytics.tearsheet.html#_trades_section',
                                                                                               'bifrost/analytics/tearsheet.py'),
+                                             'bifrost.analytics.tearsheet._withhold': ( 'analytics.tearsheet.html#_withhold',
+                                                                                        'bifrost/analytics/tearsheet.py'),
                                              'bifrost.analytics.tearsheet.sample_input': ( 'analytics.tearsheet.html#sample_input',
                                                                                            'bifrost/analytics/tearsheet.py'),
                                              'bifrost.analytics.tearsheet.tear_sheet': ( 'analytics.tearsheet.html#tear_sheet',

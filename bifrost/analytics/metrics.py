@@ -18,7 +18,7 @@ from .relative import METRIC_LABELS, metric_set, rolling_set
 # %% auto #0
 __all__ = ['ANNUALISED', 'SUMMARY_LABELS', 'AnalyticsWarning', 'UndefinedMetricWarning', 'as_returns', 'returns_from_nav',
            'align', 'performance_metrics', 'drawdown_table', 'rolling_metrics', 'position_stats', 'trade_stats',
-           'too_short_to_annualise', 'summary_table', 'summary_text']
+           'round_trips', 'engine_fills', 'too_short_to_annualise', 'summary_table', 'summary_text']
 
 # %% ../../nbs/07c_analytics.metrics.ipynb #0381638e
 class AnalyticsWarning(UserWarning):
@@ -213,6 +213,39 @@ def trade_stats(trades: pd.DataFrame) -> pd.Series:
         "avg_loss": loss, "win_loss_ratio": win / -loss if loss < 0 else np.nan,
         "expectancy": pnl.mean() if len(pnl) else np.nan, "total_pnl": pnl.sum(), "avg_holding": hold,
     }, dtype=object)
+
+# %% ../../nbs/07c_analytics.metrics.ipynb #b6e8893d
+def round_trips(trades: pd.DataFrame, # ts, symbol, shares (signed: + buys), price, commission
+                ) -> pd.DataFrame:
+    "Closed trades, flat to flat per symbol: symbol, entry_ts, exit_ts, shares (signed), pnl, return."
+    rows, cols = [], ["symbol", "entry_ts", "exit_ts", "shares", "pnl", "return"]
+    for sym, g in trades.sort_values("ts", kind="stable").groupby("symbol", sort=True):
+        pos, flow, cost, entry, peak = 0, 0.0, 0.0, None, 0
+        for ts, q, px, fee in zip(g.ts, g.shares.astype(np.int64), g.price.astype(float), g.commission.astype(float)):
+            while q:
+                if pos == 0:
+                    entry, flow, cost, peak = ts, 0.0, 0.0, 0
+                step = -pos if pos and (pos > 0) != (q > 0) and abs(q) > abs(pos) else q  # close first on a reversal
+                part = fee * step / q
+                fee, q = fee - part, q - step
+                flow -= step * px + part
+                if pos * step >= 0:
+                    cost += abs(step) * px  # what opening (or adding to) the position paid
+                pos += step
+                peak = max(peak, abs(pos))
+                if pos == 0:
+                    rows.append((sym, entry, ts, peak * (1 if step < 0 else -1), flow, flow / cost if cost else np.nan))
+    return pd.DataFrame(rows, columns=cols)
+
+def engine_fills(trades: pd.DataFrame, strategy: str = "backtest") -> pd.DataFrame:
+    "An engine's fills (signed shares) as the fills frame `bifrost.analytics.tca` reads: one order per fill."
+    return pd.DataFrame({"fill_id": [f"{strategy}-{k}" for k in range(len(trades))],
+                         "client_order_id": [f"{strategy}-{k}" for k in range(len(trades))],
+                         "strategy": strategy, "symbol": trades.symbol.to_numpy(),
+                         "side": np.where(trades.shares.to_numpy() > 0, "buy", "sell"),
+                         "quantity": trades.shares.abs().astype(np.float64).to_numpy(),
+                         "price": trades.price.astype(np.float64).to_numpy(), "ts": pd.to_datetime(trades.ts, utc=True),
+                         "commission": trades.commission.astype(np.float64).to_numpy()})
 
 # %% ../../nbs/07c_analytics.metrics.ipynb #7546cd05
 ANNUALISED = frozenset({"cagr", "annual_mean_return", "annual_volatility", "sharpe", "sortino", "calmar", "alpha",

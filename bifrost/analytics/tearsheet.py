@@ -21,8 +21,8 @@ from bokeh.resources import INLINE
 from .kernels import DEFAULT_PERIODS_PER_YEAR, downside_risk, historical_var_cvar
 from ..risk.var import value_at_risk
 from .metrics import (
-    AnalyticsWarning, UndefinedMetricWarning, align, as_returns, drawdown_table, performance_metrics,
-    position_stats, returns_from_nav, trade_stats)
+    ANNUALISED, AnalyticsWarning, UndefinedMetricWarning, align, as_returns, drawdown_table, performance_metrics,
+    position_stats, returns_from_nav, too_short_to_annualise, trade_stats)
 from .plots import (
     distribution_plot, equity_plot, monthly_heatmap, rolling_plots, underwater_plot)
 from .relative import METRIC_LABELS
@@ -216,9 +216,21 @@ def _metrics_section(m: pd.DataFrame, bm: pd.DataFrame | None, inp: PerformanceI
     foot = "".join(f"<li>{html.escape(METRIC_LABELS[k])}: undefined — {html.escape(r)}</li>" for k, r in why.items())
     return _table(header, rows) + (f'<ul class="foot">{foot}</ul>' if foot else "")
 
+def _withhold(m: pd.DataFrame, why: str) -> pd.DataFrame:
+    "`m` with its annualised figures blanked and `why` as their reason (a figure already undefined keeps its own)."
+    out = m.copy()
+    out.attrs["undefined"] = {c: dict(v) for c, v in m.attrs.get("undefined", {}).items()}
+    for col in out.columns:
+        for k in sorted(ANNUALISED & set(out.index)):
+            if np.isfinite(out.at[k, col]):
+                out.at[k, col] = np.nan
+                out.attrs["undefined"].setdefault(col, {})[k] = why
+    return out
+
 def _risk_section(inp: PerformanceInput) -> str:
     series = [(str(inp.returns.name), inp.returns)] + ([(inp.benchmark_name, _bench_span(inp))]
                                                         if inp.benchmark is not None else [])
+    short = too_short_to_annualise(len(inp.returns), inp.periods_per_year)
     def col(r: pd.Series) -> list[str]:
         x = r.to_numpy()
         v95, c95 = historical_var_cvar(x, 0.95)
@@ -228,7 +240,8 @@ def _risk_section(inp: PerformanceInput) -> str:
         fin = x[np.isfinite(x)]
         model = lambda m: float(value_at_risk(fin, confidence=0.99, method=m).var) if len(fin) >= 30 else np.nan
         return [_fmt("var", v95), _fmt("var", c95), _fmt("var", v99), _fmt("var", c99), _fmt("var", model("normal")),
-                _fmt("var", model("cornish_fisher")), _fmt("var", downside_risk(x, inp.periods_per_year)), worst, best]
+                _fmt("var", model("cornish_fisher")),
+                "—" if short else _fmt("var", downside_risk(x, inp.periods_per_year)), worst, best]
     labels = ["95% VaR (one period)", "95% CVaR (one period)", "99% VaR (one period)", "99% CVaR (one period)",
               "99% VaR, normal", "99% VaR, Cornish-Fisher", "Downside risk (annualised)", "Worst period", "Best period"]
     cols = [col(r) for _, r in series]
@@ -238,7 +251,7 @@ def _risk_section(inp: PerformanceInput) -> str:
         extra = [("Average gross exposure", "exposure_time", ps.gross_exposure),
                  ("Average net exposure", "exposure_time", ps.net_exposure),
                  ("Time in the market", "exposure_time", ps.exposure_time),
-                 ("Turnover (annual, one-way)", "exposure_time", ps.turnover)]
+                 ("Turnover (annual, one-way)", "exposure_time", np.nan if short else ps.turnover)]
         rows += [[html.escape(lab), html.escape(_fmt(k, v))] + [""] * (len(cols) - 1) for lab, k, v in extra]
     note = ('<p class="foot">VaR and CVaR as positive losses over one period (historical unless named; '
             '<code>bifrost.risk.var</code>). Far apart historical and Cornish-Fisher figures flag fat tails.</p>')
@@ -298,6 +311,9 @@ def tear_sheet(inp: PerformanceInput | pd.Series, # what to report; a returns se
         b = _bench_span(inp)
         bm = None if b is None else performance_metrics(b.rename(inp.benchmark_name), None, inp.periods_per_year,
                                                          inp.risk_free)
+        short = too_short_to_annualise(len(inp.returns), inp.periods_per_year)
+        if short:  # two days compound to a CAGR nobody should read: withheld, and the page says why
+            m, bm = _withhold(m, short), None if bm is None else _withhold(bm, short)
         r = inp.returns
         top, low = rolling_plots(r, inp.benchmark, inp.window, inp.periods_per_year, inp.risk_free,
                                  inp.benchmark_name)
@@ -309,6 +325,9 @@ def tear_sheet(inp: PerformanceInput | pd.Series, # what to report; a returns se
                 "risk": _risk_section(inp), "trades": _trades_section(inp), "tca": _tca_section(inp)}
     notes = sorted({str(w.message) for w in caught if issubclass(w.category, AnalyticsWarning)
                     and not issubclass(w.category, UndefinedMetricWarning)})
+    if short:
+        notes.insert(0, "Annualised figures (CAGR, Sharpe, Sortino, Calmar, volatility, downside risk, turnover) are "
+                        f"{short}.")
     script, divs = components(figs)
     js = bundle_for_objs_and_resources(list(figs.values()), INLINE).scripts()
     dd = body["dd"]
