@@ -25,7 +25,7 @@ from .vector import BacktestResult, SweepResult
 
 # %% auto #0
 __all__ = ['tracking_uri', 'TrackedRun', 'tracked_run', 'equity_metrics', 'report_artifacts', 'track_backtest', 'track_sweep',
-           'track_walk_forward', 'track']
+           'track_walk_forward', 'track', 'run_tear_sheet']
 
 # %% ../../nbs/08e_strategy.tracking.ipynb #ad8a185d
 def tracking_uri(uri: str | None = None) -> str:
@@ -114,11 +114,12 @@ def equity_metrics(equity: pd.Series, cash: float | None = None, periods_per_yea
     return {"final_equity": float(e[-1]), "total_return": float(e[-1] / e[0] - 1),
             "sharpe": sharpe(e, periods_per_year), "max_drawdown": float((e / peak - 1).min())}
 
-def report_artifacts(equity: pd.Series, folder: Path, title: str) -> list[Path]:
+def report_artifacts(equity: pd.Series, folder: Path, title: str, performance=None) -> list[Path]:
     """Write the report files logged with every tracked run into `folder` and return their paths.
 
     The equity curve as CSV and a PNG chart (equity and drawdown), and — for dated curves, when
-    `bifrost.analytics.tearsheet` is installed — the HTML tear sheet. Change what every run carries here."""
+    `bifrost.analytics.tearsheet` is installed — the HTML tear sheet, of `performance` (a `PerformanceInput`
+    with trades and fills) when given. Change what every run carries here."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     csv, png = folder / "equity.csv", folder / "equity.png"
@@ -130,7 +131,8 @@ def report_artifacts(equity: pd.Series, folder: Path, title: str) -> list[Path]:
             from bifrost.analytics.tearsheet import tear_sheet
         except ImportError:
             return out
-        out.append(tear_sheet(equity.pct_change().dropna().rename(title), path=folder / "tear_sheet.html"))
+        inp = performance if performance is not None else equity.pct_change().dropna().rename(title)
+        out.append(tear_sheet(inp, path=folder / "tear_sheet.html"))
     return out
 
 def _equity_chart(equity: pd.Series, title: str):
@@ -169,13 +171,14 @@ def track_backtest(result: BacktestResult, experiment: str = "backtests", run_na
     "Log one backtest: its parameters, headline metrics and report files. Returns the run id."
     with tracked_run(experiment, run_name or result.strategy, {"bifrost.kind": "backtest", **(tags or {})}, uri,
                      clock) as run:
-        run.log_params({"strategy": _strategy_name(result), "engine": result.engine, **result.params,
+        run.log_params({"strategy": _strategy_name(result), "engine": result.engine, "bar_size": result.bar_size,
+                        **result.params,
                         "symbols": ",".join(map(str, result.positions.columns)), "bars": len(result.equity),
                         "start": result.equity.index[0], "end": result.equity.index[-1]})
         run.log_metrics({**equity_metrics(result.equity, None, periods_per_year), "trades": len(result.trades),
                          "commission": float(result.trades.commission.sum()) if len(result.trades) else 0.0})
         with tempfile.TemporaryDirectory() as tmp:
-            report_artifacts(result.equity, Path(tmp), result.strategy)
+            report_artifacts(result.equity, Path(tmp), result.strategy, result.performance_input())
             result.trades.to_csv(Path(tmp) / "trades.csv", index=False)
             run.log_files(tmp)
         return run.run_id
@@ -258,3 +261,30 @@ def track(result, experiment: str | None = None, **kwargs) -> str:
             return fn(result, experiment or default, **kwargs)
     raise StrategyError(f"cannot track a {type(result).__name__}",
                         hint="track a BacktestResult, SweepResult or WalkForwardResult")
+
+# %% ../../nbs/08e_strategy.tracking.ipynb #cbe126a3
+def run_tear_sheet(run_id: str, path: str | Path | None = None, uri: str | None = None):
+    "The tear sheet of tracked run `run_id` from its equity curve and, for a backtest, its trades and fills."
+    from mlflow.exceptions import MlflowException
+    from bifrost.analytics.kernels import periods_per_year
+    from bifrost.analytics.metrics import engine_fills, round_trips
+    from bifrost.analytics.tearsheet import PerformanceInput, tear_sheet
+    client = MlflowClient(tracking_uri(uri))
+    try:
+        run = client.get_run(run_id)
+        with tempfile.TemporaryDirectory() as d:
+            equity = pd.read_csv(client.download_artifacts(run_id, "equity.csv", d), index_col=0,
+                                 parse_dates=True).iloc[:, 0]
+            names = {a.path for a in client.list_artifacts(run_id)}
+            trades = (pd.read_csv(client.download_artifacts(run_id, "trades.csv", d), parse_dates=["ts"])
+                      if "trades.csv" in names else None)
+    except (MlflowException, OSError) as err:
+        raise StrategyError(f"no tracked run {run_id!r} with an equity curve: {str(err).splitlines()[0]}",
+                            hint="run ids are printed by `bifrost backtest --track`; see also `mlflow ui`") from err
+    title = run.info.run_name or run_id
+    name = run.data.params.get("strategy", "backtest")
+    bar_size = run.data.params.get("bar_size", "1d")
+    extra = {} if trades is None else {"trades": round_trips(trades), "fills": engine_fills(trades, name)}
+    inp = PerformanceInput(equity.pct_change().dropna().rename(title), title=title, bar_size=bar_size,
+                           periods_per_year=periods_per_year(bar_size), **extra)
+    return tear_sheet(inp, path)

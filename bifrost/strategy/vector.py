@@ -153,6 +153,18 @@ class BacktestResult:
         return summary_table(self.equity, periods_per_year(self.bar_size), self.exposure, len(t),
                              float((t.shares.abs() * t.price).sum()), float(t.commission.sum()))
 
+    def performance_input(self, title: str | None = None, benchmark: pd.Series | None = None):
+        "What the tear sheet reads: returns, weights, closed trades and fills (for transaction costs)."
+        from bifrost.analytics.metrics import engine_fills, round_trips
+        from bifrost.analytics.tearsheet import PerformanceInput
+        weights = (self.positions * self.marks.reindex_like(self.positions)).div(self.equity, axis=0).fillna(0.0) \
+            if self.marks is not None else None
+        name = self.strategy.split("(")[0]
+        return PerformanceInput(self.returns.iloc[1:].rename(self.strategy), benchmark,
+                                None if weights is None else weights.iloc[1:], round_trips(self.trades),
+                                engine_fills(self.trades, name), bar_size=self.bar_size,
+                                periods_per_year=periods_per_year(self.bar_size), title=title or self.strategy)
+
     def _repr_html_(self) -> str:
         tab = self.summary()
         rows = "".join(f"<tr><th style='text-align:left'>{html.escape(lab)}</th><td>{html.escape(v)}</td></tr>"
