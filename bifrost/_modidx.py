@@ -301,6 +301,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'bifrost.bench.benchmark': ('bench.html#benchmark', 'bifrost/bench.py'),
                                'bifrost.bench.run_bench': ('bench.html#run_bench', 'bifrost/bench.py')},
             'bifrost.cli': { 'bifrost.cli._version': ('cli.html#_version', 'bifrost/cli.py'),
+                             'bifrost.cli.command': ('cli.html#command', 'bifrost/cli.py'),
                              'bifrost.cli.command_path': ('cli.html#command_path', 'bifrost/cli.py'),
                              'bifrost.cli.demo': ('cli.html#demo', 'bifrost/cli.py'),
                              'bifrost.cli.main': ('cli.html#main', 'bifrost/cli.py'),
