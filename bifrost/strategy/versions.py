@@ -30,9 +30,9 @@ from .api import FIELDS, Panel, Strategy, StrategyError
 from .source import build_class, packaged, sample_panel, strategy_source
 
 # %% auto #0
-__all__ = ['STAGES', 'code_hash', 'strategy_version', 'rebuild_check', 'register', 'list_versions', 'promotions', 'Promotion',
-           'current_promotion', 'live_readiness', 'promote', 'build_version', 'promoted', 'rollback', 'data_hash',
-           'run_manifest']
+__all__ = ['STAGES', 'code_hash', 'strategy_version', 'rebuild_check', 'register', 'list_versions', 'version_source',
+           'promotions', 'Promotion', 'current_promotion', 'live_readiness', 'promote', 'build_version', 'promoted',
+           'rollback', 'data_hash', 'run_manifest']
 
 # %% ../../nbs/08g_strategy.versions.ipynb #05c743ca
 def code_hash(cls: type) -> str:
@@ -114,13 +114,22 @@ def register(store: Store, strategy: Strategy, clock: Clock, name: str | None = 
     return version
 
 def list_versions(store: Store, name: str | None = None) -> pd.DataFrame:
-    "Registered versions, newest first, with the one currently promoted marked."
+    "Registered versions, newest first, with the one currently promoted marked (`source`: stored code or not)."
     where, params = ("WHERE v.name = ?", [name]) if name else ("", [])
-    versions = store.query(f"SELECT v.* FROM strategy_versions v {where} ORDER BY registered_at DESC, version", params)
+    versions = store.query(f"SELECT v.version, v.name, v.class_path, v.params, v.code_hash, v.registered_at, v.note, "
+                           f"v.source IS NOT NULL AS source FROM strategy_versions v {where} "
+                           "ORDER BY registered_at DESC, version", params)
     now = {r.name: (r.version, r.stage) for r in promotions(store).groupby("name").tail(1).itertuples()}
     promoted = [now.get(n, (None,))[0] == v for n, v in zip(versions.name, versions.version)]
     return versions.assign(promoted=promoted,
                            stage=[now[n][1] if p else None for n, p in zip(versions.name, promoted)])
+
+def version_source(store: Store, version: str) -> str | None:
+    "The code stored with `version` (a class Bifrost ships has none: it is rebuilt from the package)."
+    row = store.query("SELECT source FROM strategy_versions WHERE version = ?", [version])
+    if row.empty:
+        raise StrategyError(f"no registered strategy version {version!r}", hint="see `bifrost strategy list`")
+    return row.source.iat[0] if isinstance(row.source.iat[0], str) else None
 
 def promotions(store: Store, name: str | None = None) -> pd.DataFrame:
     "The promotion history, oldest first."
