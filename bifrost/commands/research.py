@@ -52,21 +52,10 @@ def _costs(commission_bps: float, per_share: float, minimum: float, slippage_bps
     return Costs(commission_bps, per_share, minimum, slippage_bps)
 
 # %% ../../nbs/13c_commands.research.ipynb #89a87692
-def _periods_per_year(bar: str) -> float:
-    if bar == "1d":
-        return 252.0
-    minutes = 60 if bar == "1h" else int(bar.removesuffix("min"))
-    return 252.0 * 390 / minutes
-
-def metrics_block(result: BacktestResult, panel: Panel) -> str:
-    "The headline figures of a backtest, one a line."
-    from bifrost.analytics.metrics import summary_table, summary_text
-    held = result.positions.reindex(index=panel.index, columns=panel.symbols).fillna(0)
-    gross = (held * panel.close).abs().sum(axis=1) / result.equity
-    t = result.trades
-    return summary_text(summary_table(result.equity, _periods_per_year(panel.bar_size), exposure=gross, trades=len(t),
-                                      traded=float((t.shares.abs() * t.price).sum()),
-                                      commission=float(t.commission.sum())))
+def metrics_block(result: BacktestResult) -> str:
+    "The headline figures of a backtest, one a line: its `summary()` as text, each reason for a withheld figure below."
+    from bifrost.analytics.metrics import summary_text
+    return summary_text(result.summary())
 
 # %% ../../nbs/13c_commands.research.ipynb #faecd0a8
 @research_app.command("backtest")
@@ -88,7 +77,7 @@ def backtest(strategy: str = typer.Argument(..., help="sma_cross, momentum, mean
         from bifrost.strategy.vector import run_vectorized as run
     result = run(strat, panel, cash, _costs(commission_bps, per_share, minimum, slippage_bps))
     typer.echo(repr(result))
-    typer.echo(metrics_block(result, panel))
+    typer.echo(metrics_block(result))
     if trades:
         typer.echo(f"last {min(trades, len(result.trades))} of {len(result.trades)} trades:")
         print_frame(result.trades.tail(trades))
@@ -115,7 +104,10 @@ def sweep(strategy: str = typer.Argument(..., help="sma_cross, momentum, mean_re
         raise typer.BadParameter(f"no column {by!r}; rank by one of {', '.join(result.table.columns)}",
                                  param_hint="'--by'")
     typer.echo(repr(result))
-    print_frame(result.table.sort_values(by, ascending=False).head(top))
+    best_rows = result.summary(top, by)
+    print_frame(best_rows)
+    if best_rows.attrs["note"]:
+        typer.echo(best_rows.attrs["note"])
     if len(combos) > 1:
         from bifrost.strategy.honest import honest_report
         r = honest_report(result, by)
@@ -125,7 +117,7 @@ def sweep(strategy: str = typer.Argument(..., help="sma_cross, momentum, mean_re
     params = {k: best[k] for k in cls.params() if k in best.index}
     strat = cls(**{k: type(cls.params()[k].default)(v) for k, v in params.items()})
     typer.echo(f"the best, {strat!r}:")
-    typer.echo(metrics_block(run_vectorized(strat, panel, cash, costs), panel))
+    typer.echo(metrics_block(run_vectorized(strat, panel, cash, costs)))
 
 @research_app.command("walkforward")
 def walkforward(strategy: str = typer.Argument(..., help="sma_cross, momentum, mean_reversion or module:Class."),
