@@ -277,7 +277,7 @@ def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, mi
     deltas = np.zeros(n_sym, np.int64)
     n_trades = 0
     cash = cash0
-    floor[0] = np.inf
+    lowest = np.inf
     for t in range(n_bars):
         if t > 0:
             active = False  # most bars carry no order at all: skip valuing the account for them
@@ -290,7 +290,7 @@ def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, mi
                 for i in range(n_sym):
                     if pos[i] != 0:
                         value += pos[i] * (open_[t, i] if open_[t, i] == open_[t, i] else marks[i])
-                floor[0] = min(floor[0], value)  # what the gate sees the account worth as it asks about these orders
+                lowest = min(lowest, value)  # what the gate sees the account worth as it asks about these orders
                 n_sells = 0
                 n_buys = 0
                 for i in range(n_sym):
@@ -337,6 +337,7 @@ def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, mi
         equity[t] = value
         if t > 0:
             rets[t - 1] = _simple_return(equity[t - 1], value)
+    floor[0] = lowest
     return n_trades
 
 @numba.njit(cache=True, error_model="numpy")
