@@ -1,4 +1,8 @@
-"""The shipped pipelines under the runner, on both backends: trade sessions (strategy and symbols carried over from\nthe account's last session), then the end-of-day report with its parity section and tear sheet."""
+"""The shipped pipelines under the runner on PostgreSQL: trade sessions (strategy and symbols carried over from
+the account's last session), then the end-of-day report with its parity section and tear sheet.
+
+The same pipelines on the embedded DuckDB store run in `bifrost demo` and in the journeys (tests/journeys), through
+the real executable; running this one on both backends bought nothing but three minutes."""
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
@@ -6,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from bifrost.audit import AuditTrail
 from bifrost.core import LiveClock, SimulatedClock
@@ -19,6 +24,7 @@ from bifrost.strategy.session import trade_session
 from bifrost.strategy.versions import promote, register
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 def test_trade_then_eod_report(store_url, tmp_path):
     store = connect(store_url)
     ingest(store, SampleSource(tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY")), progress=False)

@@ -150,6 +150,7 @@ def test_killed_run_is_marked_failed_and_its_lock_recovered(store_url, tmp_path,
 
 
 
+@pytest.mark.parametrize("store_url", ["duckdb"], indirect=True)  # process liveness, not SQL: one backend
 def test_a_run_whose_runner_alone_was_killed_keeps_its_lock_while_papermill_works(store_url, tmp_path):
     store, src = connect(store_url), make_pipeline(tmp_path / "src")
     proc, marker = start_slow_run(store_url, src, tmp_path, hold=False)
