@@ -862,6 +862,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'bifrost.data.sources._lean_frame': ('data.sources.html#_lean_frame', 'bifrost/data/sources.py'),
                                       'bifrost.data.sources._lines_of': ('data.sources.html#_lines_of', 'bifrost/data/sources.py'),
                                       'bifrost.data.sources._parse_ts': ('data.sources.html#_parse_ts', 'bifrost/data/sources.py'),
+                                      'bifrost.data.sources._reader': ('data.sources.html#_reader', 'bifrost/data/sources.py'),
                                       'bifrost.data.sources._scan': ('data.sources.html#_scan', 'bifrost/data/sources.py'),
                                       'bifrost.data.sources._scan_csv': ('data.sources.html#_scan_csv', 'bifrost/data/sources.py'),
                                       'bifrost.data.sources._scan_parquet': ('data.sources.html#_scan_parquet', 'bifrost/data/sources.py'),

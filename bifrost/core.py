@@ -155,6 +155,7 @@ class TimeInForce(str, Enum):
     GTC = "gtc"
     IOC = "ioc"
     FOK = "fok"
+    OPG = "opg"  # market-on-open: only in the opening auction of the next session
 
 class OrderStatus(str, Enum):
     NEW = "new"

@@ -231,3 +231,11 @@ def test_stream_with_a_refused_key_delivers_nothing(env, fake):
         assert fake.listening() == 0
     finally:
         bad.stop_stream()
+
+
+def test_market_on_open_goes_out_as_opg(broker, fake):
+    "A daily strategy's order, decided after the close, trades in the next opening auction: Alpaca's time_in_force opg."
+    broker.submit(Order("moo", "SPY", Side.BUY, Decimal(5), time_in_force=TimeInForce.OPG))
+    sent = fake.orders[fake.by_client_id["moo"]]
+    assert (sent["type"], sent["time_in_force"], sent["qty"]) == ("market", "opg", "5")
+    assert [o.client_order_id for o in broker.open_orders()] == ["moo"]

@@ -150,3 +150,12 @@ def test_short_sale_is_a_negative_position(session):
     broker.submit(Order("sh", "SPY", Side.SELL, Decimal(7)))
     tws.fill("sh", 7, "167.72")
     assert broker.positions() == {"SPY": Decimal(-7)}
+
+
+def test_market_on_open_reaches_tws_as_opg(session):
+    "A daily strategy's order trades in the next opening auction: a market order with IB's time in force OPG."
+    broker, tws, _ = session
+    broker.submit(Order("moo", "SPY", Side.BUY, Decimal(5), time_in_force=TimeInForce.OPG))
+    got = {o.orderRef: (o.orderType, o.action, o.totalQuantity, o.tif) for _, o, _ in tws.orders.values()}
+    assert got == {"moo": ("MKT", "BUY", 5.0, "OPG")}
+    assert broker.get_order("moo").status is OrderStatus.ACCEPTED

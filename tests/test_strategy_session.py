@@ -326,3 +326,91 @@ def test_replay_when_not_asked_then_regular_hours_only(spy):
     ts = pd.to_datetime(spy.query("SELECT ts FROM order_fills").ts, utc=True).dt.tz_convert("America/New_York")
     assert len(ts) and ts.min().time() >= dt.time(9, 30) and ts.max().time() <= dt.time(16, 0)  # the close: last
     assert json.loads(spy.scalar("SELECT summary FROM trading_sessions"))["bar_size"] == "1min"
+
+
+# -- issue 15: a daily strategy trades at its own cadence: decided after the close, filled at the next open ------------
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from bifrost.core import TradingCalendar  # noqa: E402
+from bifrost.strategy.api import Panel, SmaCross  # noqa: E402
+from bifrost.strategy.session import traded_fills  # noqa: E402
+from bifrost.strategy.vector import run_vectorized  # noqa: E402
+
+DAILY = SmaCross(fast=4, slow=5)  # on SPY: long at the open of 2013-10-07, out on the 8th, long again on the 14th
+DAILY_DAYS = [d.date() for d in TradingCalendar("XNYS").sessions(dt.date(2013, 10, 7), dt.date(2013, 10, 15))]
+
+
+@pytest.fixture(scope="module")
+def _spy_daily_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spy_daily") / "base.duckdb"
+    s = connect(f"duckdb:///{path}")
+    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY" and f.spec.bar_size == "1d")
+    ingest(s, SampleSource(feeds), progress=False)
+    s.close()
+    return path
+
+
+@pytest.fixture
+def spy_daily(_spy_daily_file, tmp_path):
+    "SPY's shipped daily bars (1998-2021), the daily SmaCross registered and promoted, limits for `acct`."
+    shutil.copy(_spy_daily_file, tmp_path / "d.duckdb")
+    s = connect(f"duckdb:///{tmp_path}/d.duckdb")
+    clock = SimulatedClock(T0)
+    promote(s, "sma", register(s, DAILY, clock, name="sma"), clock, "paper")
+    since = dt.datetime(1998, 1, 1, tzinfo=dt.timezone.utc)
+    save_limits(s, "acct", Limits(max_daily_loss=Decimal("0.05")), since, T0, "paper account", AuditTrail(s))
+    return s
+
+
+def test_daily_sessions_when_traded_then_fills_at_each_next_open_date_for_date_with_the_backtest(spy_daily):
+    out = [trade_session(spy_daily, "acct", DAILY_DAYS[0], strategy="sma", symbols=["SPY"], costs=EXACT,
+                         progress=False)]
+    out += [trade_session(spy_daily, "acct", d, costs=EXACT, progress=False) for d in DAILY_DAYS[1:]]
+    assert [s.status for s in out] == ["done"] * len(DAILY_DAYS) and {s.fills for s in out} == {0, 1}
+    infos = [json.loads(x) for x in spy_daily.query("SELECT summary FROM trading_sessions ORDER BY session").summary]
+    assert {i["bar_size"] for i in infos} == {"1d"} and len({i["history_from"] for i in infos}) == 1
+    # the backtest of the same bars: the sessions' history (the strategy's warmup) through the last session
+    panel = Panel.from_store(spy_daily, ["SPY"], "1d", infos[0]["history_from"], DAILY_DAYS[-1])
+    assert len(panel) == DAILY.warmup + len(DAILY_DAYS)
+    bt = run_vectorized(DAILY, panel, cash=100_000.0, costs=EXACT)
+    traded = traded_fills(spy_daily, "acct", "2013-10-01", "2013-10-20")
+    ny = traded.ts.dt.tz_convert("America/New_York")
+    assert (ny.dt.time == dt.time(9, 30)).all()  # every fill at a session's open
+    assert list(zip(ny.dt.date, traded.shares, traded.price.map(float), traded.commission.map(float))) == list(
+        zip(bt.trades.ts.dt.date, bt.trades.shares, bt.trades.price, bt.trades.commission))
+    assert [d for d, s in zip(bt.trades.ts.dt.date, bt.trades.shares)] == [dt.date(2013, 10, d) for d in (7, 8, 14)]
+    for d in DAILY_DAYS:
+        assert parity_report(spy_daily, "acct", d).empty
+    # decided after each close, sent market-on-open; the ledger ends where the backtest ends
+    assert set(spy_daily.query("SELECT time_in_force FROM orders").time_in_force) == {"opg"}
+    assert abs(float(Decimal(infos[-1]["start_cash"])) - bt.cash.iloc[-2]) < 1e-6 and bt.positions.SPY.iloc[-1] == 590
+    assert spy_daily.scalar("SELECT count(*) FROM reconciliation_breaks") == 0 and AuditTrail(spy_daily).verify().ok
+
+
+def test_daily_session_when_history_too_short_or_day_not_stored_then_refused_up_front(spy_daily):
+    with pytest.raises(StrategyError, match="decides on 5 1d bars .*; 1 of \\['SPY'\\] are stored before 1998-01-05"):
+        trade_session(spy_daily, "acct", dt.date(1998, 1, 5), strategy="sma", symbols=["SPY"], progress=False)
+    with pytest.raises(StrategyError, match="no 1d bars of \\['SPY'\\] stored for 2021-04-01") as err:
+        trade_session(spy_daily, "acct", dt.date(2021, 4, 1), strategy="sma", symbols=["SPY"], progress=False)
+    assert "after the day's close" in err.value.hint
+    _nothing_recorded(spy_daily)
+
+
+def test_trade_pipeline_when_daily_then_one_session_through_papermill_in_parity(spy_daily, tmp_path):
+    url = spy_daily.url
+    spy_daily.close()
+    env = {**os.environ, "BIFROST_DB_URL": url, "BIFROST_HOME": str(tmp_path)}
+    run = subprocess.run([str(Path(sys.executable).with_name("bifrost")), "run", "trade", "-p", "store=settings",
+                          "-p", "account=acct", "-p", "session=2013-10-07", "-p", "strategy=sma", "-p", "symbols=[SPY]"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    s = connect(url)
+    row = s.query("SELECT status, run_id, summary FROM trading_sessions")
+    assert row.status.tolist() == ["done"] and row.run_id.iat[0]
+    assert json.loads(row.summary.iat[0])["bar_size"] == "1d"
+    fills = traded_fills(s, "acct", "2013-10-07", "2013-10-08")
+    assert fills.shares.tolist() == [597] and parity_report(s, "acct", dt.date(2013, 10, 7)).empty

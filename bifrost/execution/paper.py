@@ -36,6 +36,7 @@ class _Working:
     triggered: bool = False
     fills: int = 0
     reason: str = ""
+    opens_at: datetime | None = None  # a market-on-open order: the one bar it may trade in starts here
 
     def view(self) -> BrokerOrder:
         avg = (self.notional / self.filled) if self.filled else None
@@ -91,8 +92,10 @@ class PaperBroker:
                 raise OrderRejectedError(f"{k} {price} of {order.symbol} is not a multiple of the tick {tick}")
         now = self.clock.now()
         self._expire(now)
-        expires = self._day_end(now) if order.time_in_force is TimeInForce.DAY else None
-        w = _Working(order, f"paper-{len(self._book) + 1}", len(self._book), now, expires)
+        opg = order.time_in_force is TimeInForce.OPG
+        opens_at = self._next_open(now) if opg else None  # the opening auction of the first session not yet open
+        expires = self._day_end(opens_at or now) if order.time_in_force in (TimeInForce.DAY, TimeInForce.OPG) else None
+        w = _Working(order, f"paper-{len(self._book) + 1}", len(self._book), now, expires, opens_at=opens_at)
         self._book[order.client_order_id] = w
         self._open.setdefault(order.symbol, []).append(w)
         return w.view()
@@ -190,6 +193,14 @@ class PaperBroker:
                 return s[1]
         raise ValueError(f"no session within 15 days of {ts}: the calendar ends at {self.calendar.last_session}")
 
+    def _next_open(self, ts: datetime) -> datetime:
+        "The open of the first session opening at or after `ts`."
+        for k in range(15):
+            s = self._session(ts + timedelta(days=k))
+            if s is not None and s[0] >= ts:
+                return s[0]
+        raise ValueError(f"no session within 15 days of {ts}: the calendar ends at {self.calendar.last_session}")
+
     def _expire(self, now: datetime) -> None:
         for orders in self._open.values():
             for w in [w for w in orders if w.expires_at is not None and now >= w.expires_at]:
@@ -216,6 +227,10 @@ class PaperBroker:
         tick = self._instrument(symbol).tick_size
         new: list[Fill] = []
         for w in [w for w in orders if ts >= w.accepted_at]:
+            if w.opens_at is not None and ts != w.opens_at:  # market-on-open: the bar at the open, no other
+                if ts > w.opens_at:
+                    self._finish(w, OrderStatus.EXPIRED, "market-on-open: the opening auction has passed")
+                continue
             side = 0 if w.order.side is Side.BUY else 1
             want, room = w.order.quantity - w.filled, rooms[side]
             take = want if room is None else min(want, room)
@@ -234,6 +249,8 @@ class PaperBroker:
                 self._finish(w, OrderStatus.FILLED, "")
             elif tif is TimeInForce.IOC:
                 self._finish(w, OrderStatus.CANCELLED, "IOC: the rest cancelled after the first chance to trade")
+            elif tif is TimeInForce.OPG:
+                self._finish(w, OrderStatus.CANCELLED, "market-on-open: the rest found no volume at the open")
             elif tif is TimeInForce.FOK:
                 self._finish(w, OrderStatus.CANCELLED, "FOK: could not fill in full")
         return new

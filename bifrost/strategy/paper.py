@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..audit import AuditTrail
-from ..core import AccountState, Bar, Broker, Decision, Order, OrderStatus, Side, SimulatedClock
+from ..core import AccountState, Bar, Broker, Decision, Order, OrderStatus, Side, SimulatedClock, TimeInForce
 from ..execution.oms import OMS
 from ..execution.paper import PaperBroker
 from ..portfolio.ledger import Portfolio
@@ -39,9 +39,10 @@ class PaperRunner:
 
     def __init__(self, store: Store, account: str, symbols: list[str], clock: SimulatedClock,
                  costs: Costs = Costs(), gate: Callable[[Order, AccountState], Decision] = DEFAULT_GATE,
-                 cash: Decimal | float | int = 100_000, broker: Broker | None = None, strategy: str | None = None):
+                 cash: Decimal | float | int = 100_000, broker: Broker | None = None, strategy: str | None = None,
+                 tif: TimeInForce = TimeInForce.DAY):  # OPG: a daily strategy's orders trade at the next open
         self.store, self.account, self.symbols, self.clock, self.costs = store, account, list(symbols), clock, costs
-        self.strategy = strategy
+        self.strategy, self.tif = strategy, TimeInForce(tif)
         self.venue = broker is not None and not isinstance(broker, PaperBroker)  # a real broker: fills come later
         self.book = EngineLedger.open(store, account, opened_at=clock.now())
         if not self.book.book.txn_ids:  # a new account: fund it (at a real broker, with what the account holds there)
@@ -54,7 +55,8 @@ class PaperRunner:
         self._state: AccountState | None = None
         self._decision: Decision | None = None
         self._gate = gate
-        self.oms = OMS(store, self.broker, self._ask_gate, lambda: self._state, self.book, clock, AuditTrail(store),
+        self.audit = AuditTrail(store)  # one trail for the OMS and the breaks: `anchor()`ed when the session ends
+        self.oms = OMS(store, self.broker, self._ask_gate, lambda: self._state, self.book, clock, self.audit,
                        account=account, sleep=lambda s: None)
         self.decisions: list[tuple] = []  # ts, symbol, shares, approved, reasons
         self.values: list[float] = []     # equity after each bar: the gate's start-of-day and peak equity
@@ -91,7 +93,7 @@ class PaperRunner:
                                    peak_equity=None if peak is None else _dec6(peak))
         self._n += 1
         order = Order(f"{self.account}-{self._n}", self.symbols[i], Side.BUY if shares > 0 else Side.SELL,
-                      Decimal(abs(int(shares))), created_at=ts)
+                      Decimal(abs(int(shares))), time_in_force=self.tif, created_at=ts)
         self._decision = None
         rec = self.oms.submit(order, strategy=self.strategy)
         approved = rec.status is not OrderStatus.REJECTED
@@ -163,9 +165,9 @@ class PaperRunner:
         self.oms.sync()  # books the fills reported so far, each exactly once
         self.values.append(self.equity())
 
-    def finish(self) -> pd.DataFrame:
-        "At the session's end: cancel what still works, book the last fills; the breaks with the broker (empty: none)."
-        for coid in sorted(self._working):
+    def finish(self, cancel: bool = True) -> pd.DataFrame:
+        "At the session's end: cancel what still works (unless not `cancel`: market-on-open orders wait for the next open), book the last fills; the breaks with the broker (empty: none)."
+        for coid in sorted(self._working) if cancel else ():
             self.oms.cancel(coid, "the session ended")
         self.oms.sync()
         self.pending()
@@ -186,7 +188,7 @@ class PaperRunner:
         "Keep `breaks` found at `ref` (e.g. 'session 2013-10-09'): `reconciliation_breaks`, a critical alert, the audit trail."
         if breaks.empty:
             return
-        now, audit = self.clock.now(), AuditTrail(self.store)
+        now, audit = self.clock.now(), self.audit
         with self.store.transaction():
             record_breaks(self.store, self.account, ref, now, breaks, audit)
             items = ", ".join(f"{r.kind} {r.item} (ledger {r.ledger}, broker {r.broker})" for r in breaks.itertuples())

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..compliance.gate import load_gate
-from ..core import Broker, Clock, ConfigError, SimulatedClock, TradingCalendar, bar_size_delta
+from ..core import Broker, Clock, ConfigError, SimulatedClock, TimeInForce, TradingCalendar, bar_size_delta
 from ..data.read import read_bars
 from ..data.remote import alpaca_keys
 from ..execution.alpaca import AlpacaBroker
@@ -30,8 +30,8 @@ from .vector import run_vectorized
 from .versions import build_version, current_promotion
 
 # %% auto #0
-__all__ = ['REPORT_COLUMNS', 'CENT', 'SessionSummary', 'session_bars', 'session_broker', 'real_money', 'trade_session',
-           'traded_fills', 'compare_trades', 'parity_report']
+__all__ = ['REPORT_COLUMNS', 'CENT', 'SessionSummary', 'session_bars', 'daily_panel', 'session_broker', 'real_money',
+           'trade_session', 'traded_fills', 'compare_trades', 'parity_report']
 
 # %% ../../nbs/08i_strategy.session.ipynb #3bb1e4f6
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,30 @@ def session_bars(store: Store, symbols: Sequence[str], session: date, bar_size: 
                             hint="ingest the session's bars first (or use mode='live' to stream them)")
     return Panel.from_long(bars, bar_size)
 
+def daily_panel(store: Store, symbols: Sequence[str], session: date, bar_size: str = "1d", since: date | None = None,
+                calendar: str = "XNYS") -> Panel:
+    "A daily strategy's view on `session`: the bars of `symbols` from `since` through the session's own (stored after its close), split-adjusted as of the day."
+    if not TradingCalendar(calendar).is_session(session):
+        raise StrategyError(f"{session} is not a {calendar} session")
+    day = pd.Timestamp(session).tz_localize("UTC")  # a daily bar is stamped with its session's date
+    bars = read_bars(store, list(symbols), bar_size, pd.Timestamp(since or session).tz_localize("UTC"), day)
+    missing = sorted(set(symbols) - set(bars[bars.ts == day].symbol))
+    if missing:
+        raise StrategyError(f"no {bar_size} bars of {missing} stored for {session}",
+                            hint="ingest the session's daily bars first: a daily session trades after the day's close")
+    return Panel.from_long(bars, bar_size)
+
+def _history_from(store: Store, symbols: list[str], session: date, bar_size: str, warmup: int) -> date:
+    "Where a daily strategy's history starts on its first session: `warmup` stored bars before the session."
+    marks = ",".join("?" * len(symbols))
+    ts = store.query(f"SELECT DISTINCT ts FROM bars WHERE bar_size = ? AND symbol IN ({marks}) AND ts < ? "
+                     f"ORDER BY ts DESC LIMIT {int(warmup)}",
+                     [bar_size, *symbols, pd.Timestamp(session).tz_localize("UTC").to_pydatetime()]).ts
+    if len(ts) < warmup:
+        raise StrategyError(f"the strategy decides on {warmup} {bar_size} bars (its warmup); {len(ts)} of {symbols} "
+                            f"are stored before {session}", hint="ingest the symbols' daily history first")
+    return pd.Timestamp(ts.min()).date()
+
 # %% ../../nbs/08i_strategy.session.ipynb #386038a2
 def _dumps(x: dict) -> str:
     return json.dumps(x, sort_keys=True, default=str)
@@ -86,6 +110,15 @@ def _replay_steps(strat: Strategy, panel: Panel):
     arr = [getattr(panel, f).to_numpy(np.float64) for f in FIELDS]
     for t, ts in enumerate(panel.index):
         yield ts, (w[t - 1] if t else None), [a[t] for a in arr]
+
+def _daily_step(w: np.ndarray, panel: Panel, session: date, at_close: bool):
+    "A daily session's one step: at the open, the targets decided at the last close (filled there, market-on-open); at a real broker, at the close, the targets decided on it (sent to the next open)."
+    hours = TradingCalendar("XNYS").schedule(session, session)
+    bar = [getattr(panel, f).to_numpy(np.float64)[-1] for f in FIELDS]
+    if at_close:
+        yield hours.close.iloc[0], w[-1], bar
+    else:
+        yield hours.open.iloc[0], (w[-2] if len(w) > 1 else None), bar
 
 def _stored_before(store: Store, symbols: list[str], bar_size: str, start: pd.Timestamp, ts: pd.Timestamp):
     "The session's bars stored before `ts` (by an earlier run of it), as a long frame."
@@ -251,16 +284,27 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
     version = _version_of(store, name, version, real_money(broker))
     strat = build_version(store, version)
     bar_size = _bar_size_of(strat, name, version, bar_size)
+    daily = bar_size_delta(bar_size) >= pd.Timedelta(days=1)
     start, end = _day(session)
     if load_gate(store, account, start).limits is None:  # refused before anything is recorded: fixable, then traded
         raise StrategyError(f"account {account} has no risk limits: the gate would refuse every order",
                             hint=f"bifrost risk limits {account} --set max_daily_loss=0.05 --reason '...' "
                                  "(then trade the session)")
-    panel = session_bars(store, symbols, session, bar_size, extended_hours=extended_hours) if mode == "replay" else None
+    run = daily and last.get("bar_size") == bar_size and last.get("symbols") == symbols and "history_from" in last
+    if daily:  # its history from the store; it decides after the close, its orders fill at the next open
+        daily_panel(store, symbols, session, bar_size)  # an unknown symbol, a day not stored yet: refused here
+        since = _history_from(store, symbols, session, bar_size, strat.warmup)
+        since = min(since, date.fromisoformat(last["history_from"])) if run else since  # the run's targets, unchanged
+        panel = daily_panel(store, symbols, session, bar_size, since)
+        w = strat.run_targets(panel).to_numpy(np.float64)
+    else:
+        panel = session_bars(store, symbols, session, bar_size, extended_hours=extended_hours) if mode == "replay" else None
     info = {"strategy": name, "symbols": symbols, "bar_size": bar_size, "costs": asdict(costs),
-            **({"extended_hours": True} if extended_hours else {}),
+            **({"extended_hours": True} if extended_hours else {}), **({"history_from": str(since)} if daily else {}),
             **_earlier(store, account, session, resume), **({"broker": broker.name} if venue else {})}
-    if mode == "replay":
+    if daily:
+        steps = _daily_step(w, panel, session, venue)
+    elif mode == "replay":
         steps = _replay_steps(strat, panel)
     else:  # at a real broker orders go out at the close they were decided on; the paper broker fills at the next open
         steps = (_streamed if venue else _live_steps)(store, strat, symbols, session, bar_size, stream_url, idle)
@@ -278,10 +322,15 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
     try:
         with lease:
             runner = PaperRunner(store, account, symbols, clock, costs, load_gate(store, account, start), cash,
-                                 broker=broker, strategy=version)
+                                 broker=broker, strategy=version, tif=TimeInForce.OPG if daily else TimeInForce.DAY)
             if "start_cash" not in info:  # kept in the row at once, so a re-run after a crash compares from here
                 info.update(start_cash=str(runner.ledger_cash()),
                             start_positions={k: str(v) for k, v in runner.book.book.positions().items()})
+                note()
+            if daily and not venue and "start_equity" not in info:  # worth at the last close, as the engines' gate sees it
+                runner.marks = panel.close.to_numpy(np.float64)[-2] if len(panel) > 1 else runner.marks
+                info["start_equity"] = repr(runner.equity())
+                runner.values += [max(float(last["peak_equity"]) if run else 0.0, runner.equity()), runner.equity()]
                 note()
             if venue:  # the ledger must hold what the broker holds before anything is decided on it
                 _reconciled(runner, info, runner.breaks(), f"session {session} start")
@@ -291,7 +340,13 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
             lease.take()
             if n == 0:
                 raise StrategyError(f"no bars of {symbols} came for {session}")
-            _reconciled(runner, info, runner.finish(), f"session {session}")  # the rest of a partial fill cancelled
+            # the rest of a partial fill cancelled; market-on-open orders sent at a daily close wait for the next open
+            _reconciled(runner, info, runner.finish(cancel=not (daily and venue)), f"session {session}")
+            if daily:
+                info.update(decided={s: None if x != x else float(x) for s, x in zip(symbols, w[-1])},
+                            peak_equity=repr(max(runner.values)))
+                if not venue and isinstance(clock, SimulatedClock):
+                    clock.set(TradingCalendar("XNYS").schedule(session, session).close.iloc[0].to_pydatetime())
             if venue:
                 _check_stream(store, account, streamed)
     except BaseException as err:
@@ -300,6 +355,7 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
             _cancel_working(runner)
         store.execute("UPDATE trading_sessions SET status = 'failed', ended_at = ?, summary = ? "
                       "WHERE account = ? AND session = ?", [clock.now(), _dumps(info), account, session])
+        _anchor(runner)
         raise
     finally:
         if venue and hasattr(broker, "stop_stream"):
@@ -312,10 +368,16 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
                 **({"stream_fills": len(streamed)} if venue else {}))
     store.execute("UPDATE trading_sessions SET status = 'done', ended_at = ?, summary = ? WHERE account = ? AND "
                   "session = ?", [clock.now(), _dumps(info), account, session])
+    _anchor(runner)
     if progress:
         print(f"\r{account} {session}: {summary.orders} orders, {summary.fills} fills, {summary.refused} refused, "
               f"P&L {pnl}")
     return summary
+
+def _anchor(runner: PaperRunner | None) -> None:
+    "The end of a session: what it audited is published outside the store (`AuditTrail.anchor`), nothing left pending."
+    if runner is not None:
+        runner.audit.anchor()
 
 def _reconciled(runner: PaperRunner, info: dict, breaks: pd.DataFrame, ref: str) -> None:
     "Keep the breaks between the ledger and the broker in the session's summary and the store (`check`); any fails the session."
@@ -404,6 +466,13 @@ def compare_trades(traded: pd.DataFrame, backtest: pd.DataFrame, closes: dict[st
     out["pnl_effect"] = out.pnl_effect.map(str)
     return out
 
+def _first_of_run(store: Store, account: str, info: dict) -> dict:
+    "The summary (with its date) of the account's first session of the daily run `info` is part of (the same history start)."
+    rows = store.query("SELECT session, summary FROM trading_sessions WHERE account = ? AND status = 'done' "
+                       "ORDER BY session", [account])
+    return next({**s, "session": str(d)} for d, s in zip(rows.session, map(json.loads, rows.summary))
+                if s.get("history_from") == info["history_from"])
+
 def parity_report(store: Store, account: str, session: date) -> pd.DataFrame:
     "Re-run `account`'s traded `session` as a vectorised backtest; every difference, its P&L effect; stored. Empty: parity."
     session = pd.Timestamp(session).date()
@@ -413,19 +482,31 @@ def parity_report(store: Store, account: str, session: date) -> pd.DataFrame:
         raise StrategyError(f"{account} has no finished session on {session}",
                             hint="trade it first: trade_session(store, account, session)")
     info = json.loads(row.summary.iat[0])
-    if any(Decimal(q) for q in info["start_positions"].values()):
-        raise StrategyError(f"{account} started {session} holding {info['start_positions']}: the backtest starts flat",
+    daily = "history_from" in info  # a daily run is compared from its first session, this session's trades kept
+    first = _first_of_run(store, account, info) if daily else info
+    if any(Decimal(q) for q in first["start_positions"].values()):
+        raise StrategyError(f"{account} started {first.get('session', session)} holding {first['start_positions']}: "
+                            "the backtest starts flat",
                             hint="parity is checked on sessions that start flat (the examples end each session flat)")
     strategy, version = build_version(store, row.strategy_version.iat[0]), row.strategy_version.iat[0]
-    panel = session_bars(store, info["symbols"], session, info["bar_size"], extended_hours=info.get("extended_hours", False))
-    gate = load_gate(store, account, panel.index[0])
-    bt = run_vectorized(strategy, panel, cash=float(Decimal(info["start_cash"])), costs=Costs(**info["costs"]),
+    if daily:
+        panel = daily_panel(store, info["symbols"], session, info["bar_size"], date.fromisoformat(info["history_from"]))
+    else:
+        panel = session_bars(store, info["symbols"], session, info["bar_size"],
+                             extended_hours=info.get("extended_hours", False))
+    gate = load_gate(store, account, _day(session)[0] if daily else panel.index[0])  # the limits the session had
+    bt = run_vectorized(strategy, panel, cash=float(Decimal(first["start_cash"])), costs=Costs(**info["costs"]),
                         gate=gate, account=account)
-    end = panel.index[-1] + pd.Timedelta(panel.index[-1] - panel.index[-2] if len(panel) > 1 else "1min")
-    traded = traded_fills(store, account, panel.index[0], end)
+    if daily:
+        start, end = _day(session)
+        backtest = bt.trades[bt.trades.ts >= panel.index[-1]]
+    else:
+        start, backtest = panel.index[0], bt.trades
+        end = panel.index[-1] + pd.Timedelta(panel.index[-1] - panel.index[-2] if len(panel) > 1 else "1min")
+    traded = traded_fills(store, account, start, end)
     traded["ts"] = traded.ts.dt.floor(bar_size_delta(info["bar_size"]))  # a broker's fill time, to its bar
     last = panel.close.ffill().iloc[-1]
-    report = compare_trades(traded, bt.trades, {s: _d(last[s]) for s in panel.symbols})
+    report = compare_trades(traded, backtest, {s: _d(last[s]) for s in panel.symbols})
     total = sum((Decimal(x) for x in report.pnl_effect), Decimal(0))
     with store.transaction():
         store.execute("DELETE FROM parity_reports WHERE account = ? AND session = ?", [account, session])
