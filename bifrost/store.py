@@ -19,6 +19,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from .core import MigrationError, StoreError, StoreLockedError, mask_url
 
@@ -189,6 +191,7 @@ class Store:
     def _bulk_upsert(self, con, table: str, frame: pd.DataFrame, key: Sequence[str], update: bool) -> None:
         raise NotImplementedError
     def _fetch_df(self, con, sql: str, params: Sequence) -> pd.DataFrame: raise NotImplementedError
+    def _bulk_append(self, con, table: str, frame: pd.DataFrame) -> None: raise NotImplementedError
     def _has_timescale(self, con) -> bool: return False
     def _lock(self, con, name: str) -> None: raise NotImplementedError
 
@@ -272,6 +275,14 @@ class Store:
                              hint="deduplicate first (bifrost.data quarantines duplicates)")
         with self._use(write=True) as con:
             self._bulk_upsert(con, table, frame, key, update)
+        return len(frame)
+
+    def append(self, table: str, frame: pd.DataFrame) -> int:
+        "Insert rows whose keys `table` does not hold yet (faster than `upsert`; a key it holds fails the transaction)."
+        if frame.empty:
+            return 0
+        with self._use(write=True) as con:
+            self._bulk_append(con, table, frame)
         return len(frame)
 
     def migrate(self) -> list[int]:
@@ -389,6 +400,11 @@ class DuckDBStore(Store):
         with self._use(write=False) as con:
             return con.execute(sql, list(params)).to_arrow_table()
 
+    def _bulk_append(self, con, table, frame):
+        cols = ", ".join(frame.columns)
+        con.register("_incoming", frame)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+
     def _bulk_upsert(self, con, table, frame, key, update):
         cols = list(frame.columns)
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
@@ -456,13 +472,24 @@ class PostgresStore(Store):
                 df[c] = pd.to_datetime(df[c], utc=True)
         return df
 
+    def _copy(self, con, table: str, frame: pd.DataFrame) -> None:
+        "COPY `frame` into `table` as CSV (timestamps as UTC text, NULL as an unquoted empty field), written by Arrow."
+        text, buf, null = _utc_text(frame), io.BytesIO(), ""
+        try:
+            pa_csv.write_csv(pa.Table.from_pandas(text, preserve_index=False), buf,
+                             pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+        except (pa.ArrowException, TypeError, ValueError):  # a column of mixed Python objects: pandas writes anything
+            buf, null = io.BytesIO(text.to_csv(index=False, header=False, na_rep="\\N").encode()), "\\N"
+        with con.cursor().copy(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv, NULL '{null}')") as cp:
+            cp.write(buf.getbuffer())
+
+    def _bulk_append(self, con, table, frame):
+        self._copy(con, table, frame)
+
     def _bulk_upsert(self, con, table, frame, key, update):
         cols = list(frame.columns)
         con.execute(f"CREATE TEMP TABLE _incoming (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
-        buf = io.StringIO()
-        _utc_text(frame).to_csv(buf, index=False, header=False, na_rep="\\N")
-        with con.cursor().copy(f"COPY _incoming ({', '.join(cols)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as cp:
-            cp.write(buf.getvalue())
+        self._copy(con, "_incoming", frame)
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
         action = f"DO UPDATE SET {updates}" if updates and update else "DO NOTHING"
         con.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _incoming "

@@ -5,15 +5,17 @@
 # %% ../../nbs/02d_data.ingest.ipynb #8f2153b3
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..core import Clock, DataError, LiveClock, TradingCalendar, check_symbol
 from .sources import Feed, FeedSpec, Source
-from .validate import Bounds, Reason, validate_bars
+from .validate import BarValidator, Bounds, Reason
 from ..store import Store
 
 # %% auto #0
@@ -51,6 +53,9 @@ def _ensure_instruments(store: Store, symbols, spec: FeedSpec) -> None:
 def resolve_symbols(store: Store, ticker: str, ts: pd.Series, daily: bool) -> pd.Series:
     "The instrument that held `ticker` at each `ts` (None where none did); a ticker never mapped is its own symbol."
     periods = store.query("SELECT valid_from, valid_to, symbol FROM ticker_history WHERE ticker = ?", (ticker,))
+    return _resolve(periods, ticker, ts, daily)
+
+def _resolve(periods: pd.DataFrame, ticker: str, ts: pd.Series, daily: bool) -> pd.Series:
     if periods.empty:
         return pd.Series(ticker, index=ts.index, dtype=object)
     # daily bars are stamped at midnight UTC of their session date; intraday bars carry New York time
@@ -91,70 +96,139 @@ def _check_series(store: Store, feed: Feed, symbols) -> None:
                             f"refusing to mix in {feed.source} ({feed.spec.basis} prices)",
                             hint="ingest the other vendor into a separate store (BIFROST_DB_URL) to compare them")
 
+def _text_of(col: pd.Series) -> pd.Series:
+    "Values as Python writes them (nan and inf included), vectorised for numbers."
+    if pd.api.types.is_float_dtype(col):
+        return pd.Series(col.to_numpy(float).astype(str), index=col.index, dtype=object)
+    return col.astype(object).map(str)
+
 def _quarantine_rows(bad: pd.DataFrame, source: str, bar_size: str) -> pd.DataFrame:
-    raw = bad[["open", "high", "low", "close", "volume"]].astype(object).apply(lambda r: ",".join(map(str, r)), axis=1)
+    raw = _text_of(bad.open)
+    for c in ("high", "low", "close", "volume"):
+        raw = raw + "," + _text_of(bad[c])
     when = bad.ts.astype(object).map(str)
     if "ts_note" in bad:  # the time as the source wrote it, when it could not be read
         when = when.where(bad.ts.notna(), bad.ts_note.astype(object).map(str))
     return pd.DataFrame({"source": source, "row_ref": bad.row_ref, "reason": bad.reason, "symbol": bad.symbol,
                          "bar_size": bar_size, "ts": bad.ts, "detail": bad.detail, "raw": when + "," + raw})
 
-def ingest_feed(store: Store, feed_id: str, feed: Feed, clock: Clock, bounds: Bounds = Bounds()) -> FeedResult:
-    "Validate `feed` and write it in one transaction: good rows to bars, the rest to quarantine."
-    spec, bars = feed.spec, feed.bars
-    symbol = resolve_symbols(store, spec.ticker, bars.ts.fillna(pd.Timestamp("1900-01-01", tz="UTC")),
-                             daily=spec.bar_size == "1d")
-    unmapped = bars[symbol.isna()].assign(symbol=spec.ticker, reason=Reason.UNMAPPED_TICKER.value)
-    if len(unmapped):
-        unmapped["detail"] = (f"ticker {spec.ticker} belonged to no instrument in the master on "
-                              + unmapped.ts.dt.strftime("%Y-%m-%d") + " (an earlier issuer used it)")
-    calendar = TradingCalendar(spec.calendar) if spec.calendar else None
-    good_parts, bad_parts = [], [unmapped]
-    symbols = tuple(sorted(symbol.dropna().unique()))
-    for sym in symbols:
-        rows = bars[symbol == sym]
-        known = store.query("SELECT ex_date, value FROM corporate_actions WHERE symbol = ? AND kind = 'split'", (sym,))
-        splits = pd.concat([pd.Series(known.value.to_numpy(float), index=pd.to_datetime(known.ex_date)), feed.splits])
-        good, bad = validate_bars(rows, spec.bar_size, calendar, spec.session, splits.groupby(level=0).last(),
-                                  bounds=bounds, now=pd.Timestamp(clock.now()))
-        good_parts.append(good.assign(symbol=sym))
-        bad_parts.append(bad.assign(symbol=sym))
-    good = pd.concat(good_parts, ignore_index=True) if good_parts else bars.iloc[:0].assign(symbol="")
-    bad = pd.concat([b for b in bad_parts if len(b)], ignore_index=True) if any(len(b) for b in bad_parts) else None
-    actions = _feed_actions(store, feed)
-    last_ts = good.ts.max()  # the watermark moves only with stored rows
-    quarantined = (0 if bad is None else bad.row_ref.nunique()) + len(feed.rejects)
-    with store.transaction():
-        for sym in symbols:  # the check and the write in one transaction, one writer per series at a time
-            store.lock(f"series:{sym}:{spec.bar_size}")
-        _check_series(store, feed, symbols)
-        if symbols:
-            _ensure_instruments(store, symbols, spec)
-            store.upsert("series", pd.DataFrame({"symbol": symbols, "bar_size": spec.bar_size, "source": feed.vendor,
-                                                 "basis": spec.basis}), ["symbol", "bar_size"], update=False)
-        store.upsert("bars", good.assign(bar_size=spec.bar_size, source=feed.source)[
-            ["symbol", "bar_size", "ts", "open", "high", "low", "close", "volume", "source"]],
-            ["symbol", "bar_size", "ts"])
-        if bad is not None:
-            store.upsert("quarantine", _quarantine_rows(bad, feed.source, spec.bar_size), ["source", "row_ref", "reason"])
-        if len(feed.rejects):
-            store.upsert("quarantine", pd.DataFrame({
-                "source": feed.source, "row_ref": feed.rejects.row_ref, "reason": Reason.MALFORMED_LINE.value,
-                "symbol": spec.ticker, "bar_size": spec.bar_size, "ts": pd.Series(pd.NaT, index=feed.rejects.index,
-                                                                                   dtype="datetime64[us, UTC]"),
-                "detail": feed.rejects.detail, "raw": feed.rejects.raw}), ["source", "row_ref", "reason"])
+class _FeedWriter:
+    "Writes one feed's verdicts as they come, inside the caller's transaction, and counts them."
+    def __init__(self, store: Store, feed: Feed, clock: Clock, bounds: Bounds):
+        self.store, self.feed, self.spec, self.bounds = store, feed, feed.spec, bounds
+        self.calendar = TradingCalendar(self.spec.calendar) if self.spec.calendar else None
+        self.now = pd.Timestamp(clock.now())
+        self.periods = store.query("SELECT valid_from, valid_to, symbol FROM ticker_history WHERE ticker = ?",
+                                   (self.spec.ticker,))
+        self.validators: dict[str, BarValidator] = {}
+        self.stored_until: dict[str, pd.Timestamp | None] = {}  # the series' last bar before this run
+        self.rows_in = self.written = self.quarantined = 0
+        self.last_ts: pd.Timestamp | None = None
+        self.reasons: dict[str, int] = {}
+        candidates = sorted(set(self.periods.symbol)) if len(self.periods) else [self.spec.ticker]
+        for sym in candidates:  # the check and the writes in one transaction: one writer per series at a time
+            store.lock(f"series:{sym}:{self.spec.bar_size}")
+
+    def _validator(self, sym: str) -> BarValidator:
+        if sym not in self.validators:
+            _check_series(self.store, self.feed, [sym])
+            _ensure_instruments(self.store, [sym], self.spec)
+            self.store.upsert("series", pd.DataFrame({"symbol": [sym], "bar_size": self.spec.bar_size,
+                                                      "source": self.feed.vendor, "basis": self.spec.basis}),
+                              ["symbol", "bar_size"], update=False)
+            self.stored_until[sym] = _none_if_nat(self.store.scalar(
+                "SELECT max(ts) FROM bars WHERE symbol = ? AND bar_size = ?", (sym, self.spec.bar_size)))
+            known = self.store.query("SELECT ex_date, value FROM corporate_actions WHERE symbol = ? AND kind = 'split'",
+                                     (sym,))
+            splits = pd.concat([pd.Series(known.value.to_numpy(float), index=pd.to_datetime(known.ex_date)),
+                                self.feed.splits]).groupby(level=0).last()
+            self.validators[sym] = BarValidator(self.spec.bar_size, self.calendar, self.spec.session, splits,
+                                                bounds=self.bounds, now=self.now, listed_splits=self.feed.splits)
+        return self.validators[sym]
+
+    def push(self, chunk: Feed) -> None:
+        "Judge and write one chunk of the feed."
+        bars = chunk.bars
+        self.rows_in += len(bars) + len(chunk.rejects)
+        if len(chunk.rejects):
+            self.store.upsert("quarantine", pd.DataFrame({
+                "source": self.feed.source, "row_ref": chunk.rejects.row_ref, "reason": Reason.MALFORMED_LINE.value,
+                "symbol": self.spec.ticker, "bar_size": self.spec.bar_size,
+                "ts": pd.Series(pd.NaT, index=chunk.rejects.index, dtype="datetime64[us, UTC]"),
+                "detail": chunk.rejects.detail, "raw": chunk.rejects.raw}), ["source", "row_ref", "reason"])
+            self.quarantined += len(chunk.rejects)
+            self.reasons[Reason.MALFORMED_LINE.value] = self.reasons.get(Reason.MALFORMED_LINE.value, 0) + len(chunk.rejects)
+        if not len(bars):
+            return
+        symbol = _resolve(self.periods, self.spec.ticker, bars.ts.fillna(pd.Timestamp("1900-01-01", tz="UTC")),
+                          daily=self.spec.bar_size == "1d")
+        unmapped = bars[symbol.isna().to_numpy()]
+        if len(unmapped):
+            self._write(None, unmapped.assign(symbol=self.spec.ticker, reason=Reason.UNMAPPED_TICKER.value,
+                                              detail=f"ticker {self.spec.ticker} belonged to no instrument in the master on "
+                                                     + unmapped.ts.dt.strftime("%Y-%m-%d") + " (an earlier issuer used it)"))
+        for sym in symbol.dropna().unique():
+            good, bad = self._validator(sym).push(bars[(symbol == sym).to_numpy()])
+            self._write(good.assign(symbol=sym), bad.assign(symbol=sym))
+
+    def finish(self) -> FeedResult:
+        "Judge what the validators still hold, record the ingestion, and say what happened."
+        for sym, v in self.validators.items():
+            good, bad = v.finish()
+            self._write(good.assign(symbol=sym), bad.assign(symbol=sym))
+        actions = _feed_actions(self.store, self.feed)
         if len(actions):
-            store.upsert("corporate_actions", actions.assign(source=feed.source), ["symbol", "ex_date", "kind"])
-        store.upsert("ingestions", pd.DataFrame({
-            "id": [uuid.uuid4().hex], "source": feed_id, "symbol": ",".join(symbols) or None, "bar_size": spec.bar_size,
-            "started_at": [pd.Timestamp(clock.now())], "rows_in": len(bars) + len(feed.rejects), "rows_written": len(good),
-            "rows_quarantined": quarantined, "ticker": spec.ticker,
-            "last_ts": [last_ts if pd.notna(last_ts) else _watermark(store, feed_id, clock.now())]}), ["id"])
-    reasons = {} if bad is None else bad.reason.value_counts().to_dict()
-    if len(feed.rejects):
-        reasons[Reason.MALFORMED_LINE.value] = len(feed.rejects)
-    return FeedResult(feed.source, spec.ticker, spec.bar_size, len(bars) + len(feed.rejects), len(good),
-                      quarantined, symbols, reasons)
+            self.store.upsert("corporate_actions", actions.assign(source=self.feed.source), ["symbol", "ex_date", "kind"])
+        symbols = tuple(sorted(self.validators))
+        return FeedResult(self.feed.source, self.spec.ticker, self.spec.bar_size, self.rows_in, self.written,
+                          self.quarantined, symbols, self.reasons)
+
+    def _write(self, good: pd.DataFrame | None, bad: pd.DataFrame) -> None:
+        if good is not None and len(good):
+            rows = good.assign(bar_size=self.spec.bar_size, source=self.feed.source)[
+                ["symbol", "bar_size", "ts", "open", "high", "low", "close", "volume", "source"]]
+            sym = rows.symbol.iloc[0]
+            until = self.stored_until.get(sym)
+            new = rows.ts > until if until is not None else pd.Series(True, index=rows.index)
+            self.store.append("bars", rows[new])  # after everything the series held: nothing to replace
+            self.store.upsert("bars", rows[~new], ["symbol", "bar_size", "ts"])
+            self.written += len(rows)
+            top = rows.ts.max()
+            self.last_ts = top if self.last_ts is None or top > self.last_ts else self.last_ts
+        if len(bad):
+            self.store.upsert("quarantine", _quarantine_rows(bad, self.feed.source, self.spec.bar_size),
+                              ["source", "row_ref", "reason"])
+            self.quarantined += bad.row_ref.nunique()
+            for reason, n in bad.reason.value_counts().items():
+                self.reasons[reason] = self.reasons.get(reason, 0) + int(n)
+
+def _none_if_nat(v):
+    return None if v is None or pd.isna(v) else pd.Timestamp(v)
+
+def ingest_feed(store: Store, feed_id: str, feed: Feed | Iterable[Feed], clock: Clock, bounds: Bounds = Bounds(),
+                progress: bool = False) -> FeedResult:
+    """Validate `feed` — one `Feed`, or the chunks of one — and write it in one transaction as it comes: good rows
+    to bars, the rest to quarantine. Whatever fails on the way, the store is left as it was."""
+    chunks = iter([feed] if isinstance(feed, Feed) else feed)
+    first = next(chunks)
+    bar = tqdm(total=first.expected_rows, desc=feed_id, unit="row", unit_scale=True, leave=False, disable=not progress)
+    try:
+        with store.transaction():
+            writer = _FeedWriter(store, first, clock, bounds)
+            for chunk in itertools.chain([first], chunks):
+                writer.push(chunk)
+                bar.update(len(chunk.bars) + len(chunk.rejects))
+            result = writer.finish()
+            store.upsert("ingestions", pd.DataFrame({
+                "id": [uuid.uuid4().hex], "source": feed_id, "symbol": ",".join(result.symbols) or None,
+                "bar_size": first.spec.bar_size, "started_at": [writer.now], "rows_in": result.rows_in,
+                "rows_written": result.written, "rows_quarantined": result.quarantined, "ticker": first.spec.ticker,
+                "last_ts": [writer.last_ts if writer.last_ts is not None else _watermark(store, feed_id, writer.now)]}),
+                ["id"])
+    finally:
+        bar.close()
+    return result
+
 
 def _feed_actions(store: Store, feed: Feed) -> pd.DataFrame:
     "The feed's own splits and dividends, filed under the instrument holding the ticker on the ex-date."
@@ -195,5 +269,5 @@ def ingest(store: Store, source: Source, full: bool = False, clock: Clock | None
         feed_id = source.feed_id(spec)
         with store.session():  # one connection per feed: short enough for readers, cheap enough for us
             since = None if full else _watermark(store, feed_id, clock.now())
-            results.append(ingest_feed(store, feed_id, source.fetch(spec, since), clock, bounds))
+            results.append(ingest_feed(store, feed_id, source.stream(spec, since), clock, bounds, progress))
     return IngestReport(source.name, results)

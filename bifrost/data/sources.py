@@ -14,19 +14,25 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from importlib.resources import files
 from pathlib import Path
+from typing import Callable, Iterator
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..core import BAR_SIZES, AssetClass, DataError, TradingCalendar, check_symbol
 
 # %% auto #0
-__all__ = ['BASES', 'SAMPLE', 'LEAN_REFERENCE', 'FeedSpec', 'Feed', 'ReferenceData', 'Source', 'session_day', 'parse_bars',
-           'lean_ticker_history', 'lean_corporate_actions', 'read_table', 'FileSource', 'SampleFile', 'SampleSource']
+__all__ = ['BASES', 'CHUNK_ROWS', 'SAMPLE', 'LEAN_REFERENCE', 'FeedSpec', 'Feed', 'ReferenceData', 'Source', 'FileEvents',
+           'session_day', 'table_events', 'parse_bars', 'lean_ticker_history', 'lean_corporate_actions', 'read_table',
+           'read_lean_file', 'FileSource', 'SampleFile', 'SampleSource']
 
 # %% ../../nbs/02b_data.sources.ipynb #6337ef3d
 BASES = ("raw", "split")
+CHUNK_ROWS = 100_000  # rows read, validated and written at a time: memory stays flat whatever the file's size
 
 @dataclass(frozen=True, slots=True)
 class FeedSpec:
@@ -49,7 +55,7 @@ class FeedSpec:
 
 @dataclass(frozen=True)
 class Feed:
-    "Bars read from a source, with the corporate actions the source itself reports."
+    "Bars read from a source (or one chunk of them), with the corporate actions the source itself reports."
     source: str         # where the rows came from, e.g. "sample:SPY_daily_lean" or "file:spy.csv"
     vendor: str         # who published the prices: a series is only ever fed by one vendor
     spec: FeedSpec
@@ -57,6 +63,7 @@ class Feed:
     splits: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))     # ex-date -> new shares per old
     dividends: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))  # ex-date -> cash per share (raw)
     rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["row_ref", "detail", "raw"]))  # lines no row came from
+    expected_rows: int | None = None  # rows (and malformed lines) the whole feed holds, when known: for progress
 
 @dataclass(frozen=True)
 class ReferenceData:
@@ -81,6 +88,10 @@ class Source(ABC):
     def fetch(self, spec: FeedSpec, since: pd.Timestamp | None = None) -> Feed:
         "Read the feed `spec`, only bars that start after `since` when given."
 
+    def stream(self, spec: FeedSpec, since: pd.Timestamp | None = None) -> Iterator[Feed]:
+        "The feed in chunks, each a `Feed` with the whole feed's splits and dividends (by default: one chunk)."
+        yield self.fetch(spec, since)
+
     def feed_id(self, spec: FeedSpec) -> str:
         "A stable name for one feed of this source (ingestion keeps its watermark under it)."
         return f"{self.name}:{spec.ticker}:{spec.bar_size}"
@@ -96,14 +107,28 @@ _OFFSET = re.compile(r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
 _ZONE = re.compile(r"\s*(?:Z|[+-]\d\d(?::?\d\d)?)$")
 _ISO_ONLY = "is not an ISO 8601 time (YYYY-MM-DD[ HH:MM[:SS]][+HH:MM]); dd/mm and mm/dd cannot be told apart"
 
+@dataclass(frozen=True)
+class FileEvents:
+    "What a whole file says before its rows are read one chunk at a time: its corporate actions and time style."
+    splits: pd.Series            # ex-date -> new shares per old
+    dividends: pd.Series         # ex-date -> cash per share, as the file gives it
+    split_column: bool           # the file has a split column (so `basis="split"` prices can be undone)
+    offset_majority: bool | None  # None unless the file mixes times with and without a UTC offset: then, which is usual
+
+def _has_offset(text: pd.Series) -> pd.Series:
+    "Whether each (stripped) time text ends in a UTC offset after a time of day (RE2, vectorised)."
+    arr = pa.array(text.array, type=pa.string(), from_pandas=True)
+    return pd.Series(pc.match_substring_regex(arr, _OFFSET.pattern).fill_null(False).to_numpy(zero_copy_only=False),
+                     index=text.index)
+
 def _session_date(wall: pd.Series, instant: pd.Series, spec: FeedSpec) -> pd.Series:
     "A daily bar's session (midnight UTC): the date as written if midnight in its own zone, else the exchange's date."
     written = wall.dt.normalize()
     exchange = instant.dt.tz_convert(spec.tz).dt.tz_localize(None).dt.normalize()
     return written.where(wall == written, exchange).dt.tz_localize("UTC")
 
-def _parse_ts(col: pd.Series, spec: FeedSpec) -> tuple[pd.Series, pd.Series]:
-    "(UTC bar starts, a note for each row whose time could not be used); see the rules above."
+def _parse_ts(col: pd.Series, spec: FeedSpec, offset_majority: bool | None = None) -> tuple[pd.Series, pd.Series]:
+    "(UTC bar starts, a note for each row whose time could not be used); `offset_majority`: the whole file's style."
     col = col.reset_index(drop=True)
     daily = spec.bar_size == "1d"
     note = pd.Series(None, index=col.index, dtype=object)
@@ -115,7 +140,7 @@ def _parse_ts(col: pd.Series, spec: FeedSpec) -> tuple[pd.Series, pd.Series]:
         naive, offset, text = col, pd.Series(False, index=col.index), col.astype("string")
     else:
         text = col.astype("string").str.strip()
-        offset = text.str.contains(_OFFSET, na=False)
+        offset = _has_offset(text)
         naive = pd.to_datetime(text.where(~offset), errors="coerce", format="ISO8601")
     ts = pd.Series(pd.NaT, index=col.index, dtype="datetime64[us, UTC]")
     if (~offset).any():
@@ -130,10 +155,12 @@ def _parse_ts(col: pd.Series, spec: FeedSpec) -> tuple[pd.Series, pd.Series]:
             wall = pd.to_datetime(text[offset].str.replace(_ZONE, "", regex=True), errors="coerce", format="ISO8601")
             instant = _session_date(wall, instant, spec)
         ts[offset] = instant
-    mixed = offset if offset.sum() * 2 < len(offset) else ~offset  # the minority form (naive on a tie)
-    if offset.any() and (~offset).any():
-        note[mixed & ts.notna()] = ("has a UTC offset, unlike most rows of this file" if offset[mixed].all() else
-                                    "has no UTC offset, unlike most rows of this file: its zone is a guess")
+    if offset_majority is None and offset.any() and (~offset).any():  # decide from this table alone
+        offset_majority = offset.sum() * 2 >= len(offset)
+    if offset_majority is not None:
+        mixed = ~offset if offset_majority else offset  # the minority form (naive on a tie)
+        note[mixed & ts.notna()] = ("has no UTC offset, unlike most rows of this file: its zone is a guess"
+                                    if offset_majority else "has a UTC offset, unlike most rows of this file")
         ts[mixed] = pd.NaT
     unread = ts.isna() & note.isna()
     note[unread & text.isna()] = "timestamp missing"
@@ -145,60 +172,102 @@ def session_day(ts: pd.Series, spec: FeedSpec) -> pd.Series:
     local = ts if spec.bar_size == "1d" else ts.dt.tz_convert(spec.tz)
     return local.dt.tz_localize(None).dt.normalize()
 
-def _events(table: pd.DataFrame, day: pd.Series, names: tuple[str, ...], neutral: float) -> pd.Series:
-    col = next((c for c in names if c in table.columns), None)
-    if col is None:
-        return pd.Series(dtype=float, index=pd.DatetimeIndex([]))
-    v = pd.to_numeric(table[col], errors="coerce").fillna(neutral).replace(0.0, neutral)
-    keep = (v != neutral) & day.notna()
-    return pd.Series(v[keep].to_numpy(float), index=pd.DatetimeIndex(day[keep].to_numpy()))
+def _events(values: pd.Series, day: pd.Series, neutral: float) -> pd.Series:
+    "Ex-date -> value of the rows whose value is not `neutral` (missing, unreadable and 0 count as neutral)."
+    v = pd.to_numeric(values, errors="coerce").fillna(neutral).replace(0.0, neutral).reset_index(drop=True)
+    keep = (v != neutral) & day.notna().to_numpy()
+    return pd.Series(v[keep].to_numpy(float), index=pd.DatetimeIndex(day[keep.to_numpy()].to_numpy())
+                     ).groupby(level=0).last()
+
+def table_events(table: pd.DataFrame, spec: FeedSpec, offset_majority: bool | None = None) -> FileEvents:
+    "The splits and dividends that the split and dividend columns of `table` list (empty when it has none)."
+    split_col = next((c for c in _SPLIT_COLS if c in table.columns), None)
+    div_col = next((c for c in _DIV_COLS if c in table.columns), None)
+    tcol = "datetime" if "datetime" in table.columns else "date"
+    none = pd.Series(dtype=float, index=pd.DatetimeIndex([]))
+    if (split_col or div_col) and tcol in table.columns:
+        day = session_day(_parse_ts(table[tcol], spec, offset_majority)[0], spec)
+        splits = _events(table[split_col], day, 1.0) if split_col else none
+        dividends = _events(table[div_col], day, 0.0) if div_col else none
+    else:
+        splits = dividends = none
+    return FileEvents(splits, dividends, split_col is not None, offset_majority)
+
+def _unreadable_times(ref_prefix: str, tcol: str, first_note: str) -> DataError:
+    return DataError(f"{ref_prefix}: no time in column {tcol!r} could be read; line 2 {first_note}",
+                     hint="write times as ISO 8601 (YYYY-MM-DD), e.g. 2020-01-31 or 2020-01-31T09:30:00-05:00, then ingest again")
 
 def parse_bars(table: pd.DataFrame, spec: FeedSpec, source: str, ref_prefix: str, vendor: str | None = None,
-               lines: np.ndarray | None = None) -> Feed:
-    "Turn a vendor table into a `Feed` (raw prices wherever the table says how it was adjusted); `lines`: each row's line."
+               lines: np.ndarray | None = None, events: FileEvents | None = None) -> Feed:
+    """Turn a vendor table into a `Feed` (raw prices wherever the table says how it was adjusted); `lines`: each row's
+    line; `events`: what the whole file lists, when `table` is one chunk of it (default: read from `table`)."""
     tcol = "datetime" if "datetime" in table.columns else "date"
     if tcol not in table.columns or not {"open", "high", "low", "close", "volume"} <= set(table.columns):
         raise DataError(f"{ref_prefix}: expected columns date|datetime, open, high, low, close, volume; "
                         f"found {list(table.columns)[:12]}",
                         hint="name them so in the header line (comma-separated; other columns are ignored)")
-    ts, note = _parse_ts(table[tcol], spec)
-    if len(table) and ts.isna().all() and note.notna().all():
-        raise DataError(f"{ref_prefix}: no time in column {tcol!r} could be read; line 2 {note.iloc[0]}",
-                        hint="write times as ISO 8601 (YYYY-MM-DD), e.g. 2020-01-31 or 2020-01-31T09:30:00-05:00, then ingest again")
+    whole = events is None
+    events = events or table_events(table, spec)
+    ts, note = _parse_ts(table[tcol], spec, events.offset_majority)
+    if whole and len(table) and ts.isna().all() and note.notna().all():
+        raise _unreadable_times(ref_prefix, tcol, note.iloc[0])
     bars = pd.DataFrame({"ts": ts})
     for c in ("open", "high", "low", "close", "volume"):
-        bars[c] = pd.to_numeric(table[c], errors="coerce").to_numpy(float)
+        col = table[c]
+        bars[c] = (col if col.dtype == np.float64 else pd.to_numeric(col, errors="coerce")).to_numpy(float)
     lines = np.arange(2, len(table) + 2) if lines is None else lines  # line 1 is the header
     bars["row_ref"] = f"{ref_prefix}:" + pd.Series(lines).astype(str)
     bars["ts_note"] = note  # why a row's time is unusable (None when it is fine)
-    day = session_day(ts, spec)
-    splits = _events(table, day, _SPLIT_COLS, 1.0)
-    dividends = _events(table, day, _DIV_COLS, 0.0)
-    if spec.basis == "split" and any(c in table.columns for c in _SPLIT_COLS):
-        bars, dividends = _unadjust(bars, day.reset_index(drop=True), splits, dividends)
+    dividends = events.dividends
+    if spec.basis == "split" and events.split_column:
+        bars, dividends = _unadjust(bars, session_day(ts, spec).reset_index(drop=True), events.splits, dividends)
         spec = replace(spec, basis="raw")
-    return Feed(source, vendor or source, spec, bars, splits.groupby(level=0).last(), dividends.groupby(level=0).last())
+    return Feed(source, vendor or source, spec, bars, events.splits, dividends)
 
 def _unadjust(bars: pd.DataFrame, day: pd.Series, splits: pd.Series, dividends: pd.Series):
     "Undo a vendor's split adjustment using the splits it lists (prices x ratio, volume / ratio)."
-    factor = pd.Series(1.0, index=bars.index)
-    div_factor = pd.Series(1.0, index=dividends.index)
+    factor = np.ones(len(bars))
+    div_factor = np.ones(len(dividends))
     for ex_date, ratio in splits.items():
-        factor[day < ex_date] *= ratio
+        factor[(day < ex_date).to_numpy()] *= ratio
         div_factor[dividends.index < ex_date] *= ratio
     out = bars.copy()
     for c in ("open", "high", "low", "close"):
-        out[c] = out[c] * factor
-    out["volume"] = out["volume"] / factor
+        out[c] = out[c].to_numpy() * factor
+    out["volume"] = out["volume"].to_numpy() / factor
     return out, dividends * div_factor
 
 # %% ../../nbs/02b_data.sources.ipynb #ab9066e5
+_LEAN_COLUMNS = {"factor": ["date", "price_factor", "split_factor", "reference_price"],
+                 "map": ["date", "ticker", "exchange"]}
+
+def _lean_dates(col: pd.Series) -> pd.Series:
+    "LEAN writes dates as YYYYMMDD; a file converted by hand may hold ISO dates."
+    text = col.astype("string").str.strip()
+    compact = text.str.fullmatch(r"\d{8}").fillna(False)
+    return pd.to_datetime(text, format="%Y%m%d") if compact.all() else pd.to_datetime(text, format="ISO8601")
+
+def _lean_frame(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    "A map or factor file as read by any reader — text or typed columns, ISO or LEAN dates — in one shape."
+    missing = [c for c in _LEAN_COLUMNS[kind][:2] if c not in frame.columns]
+    if missing:
+        raise DataError(f"a LEAN {kind} file needs columns {_LEAN_COLUMNS[kind]}; missing {missing}",
+                        hint=f"give the {kind} file as LEAN writes it (no header) or with that header")
+    out = frame.assign(date=_lean_dates(frame.date))
+    if kind == "factor":
+        for c in _LEAN_COLUMNS["factor"][1:]:
+            out[c] = pd.to_numeric(out[c], errors="coerce")
+        if out[_LEAN_COLUMNS["factor"][1:]].isna().any().any():
+            raise DataError("a LEAN factor file holds a factor or reference price that is not a number",
+                            hint="check the file: each line is date,price_factor,split_factor,reference_price")
+    return out
+
 def lean_ticker_history(symbol: str, map_file: pd.DataFrame) -> pd.DataFrame:
     "Ticker periods of `symbol` from a LEAN map file (each row: ticker in use up to that date)."
-    m = map_file.assign(date=pd.to_datetime(map_file.date)).sort_values("date").reset_index(drop=True)
+    m = _lean_frame(map_file, "map").sort_values("date").reset_index(drop=True)
     start = m.date.shift() + pd.Timedelta(days=1)
     start.iloc[0] = m.date.iloc[0]
-    periods = pd.DataFrame({"ticker": m.ticker.str.upper(), "valid_from": start, "valid_to": m.date})
+    periods = pd.DataFrame({"ticker": m.ticker.str.strip().str.upper(), "valid_from": start, "valid_to": m.date})
     periods = periods[periods.valid_from <= periods.valid_to]
     run = (periods.ticker != periods.ticker.shift()).cumsum()
     merged = periods.groupby(run).agg(ticker=("ticker", "first"), valid_from=("valid_from", "min"),
@@ -212,7 +281,7 @@ def _snap_ratio(ratio: float) -> float:
 
 def lean_corporate_actions(symbol: str, factor_file: pd.DataFrame, calendar: TradingCalendar) -> pd.DataFrame:
     "Splits (new shares per old) and cash dividends (per share, raw) from a LEAN factor file."
-    f = factor_file.assign(date=pd.to_datetime(factor_file.date)).sort_values("date").reset_index(drop=True)
+    f = _lean_frame(factor_file, "factor").sort_values("date").reset_index(drop=True)
     rows = []
     for (_, a), (_, b) in zip(f.iloc[:-1].iterrows(), f.iloc[1:].iterrows()):
         nxt = calendar.sessions(a.date + pd.Timedelta(days=1), a.date + pd.Timedelta(days=10))
@@ -264,8 +333,43 @@ def _column_names(names: list[str], path: Path) -> list[str]:
         raise DataError(f"{path}: column(s) {twice} appear more than once in the header", hint="keep one of each")
     return out
 
-def _read_csv(path: Path, kind: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    "Every well-formed line as text, each row's line number, and the malformed lines (line, detail, raw)."
+_BAR_COLUMNS = ("open", "high", "low", "close", "volume")
+
+def _time_column(names: list[str], path: Path) -> str:
+    "The time column of a file of bars, or a `DataError` naming the columns it has."
+    tcol = "datetime" if "datetime" in names else "date"
+    if tcol not in names or not set(_BAR_COLUMNS) <= set(names):
+        raise DataError(f"{path.name}: expected columns date|datetime, open, high, low, close, volume; found {names[:12]}",
+                        hint="name them so in the header line (comma-separated; other columns are ignored)")
+    return tcol
+
+@dataclass
+class _Scan:
+    "A file surveyed in one pass (rows, malformed lines, what it lists), and then read in chunks of rows."
+    rows: int
+    rejects: pd.DataFrame  # line, detail, raw
+    events: FileEvents
+    time_column: str
+    chunks: Callable[[int], Iterator[tuple[pd.DataFrame, np.ndarray]]]  # chunk_rows -> (table, each row's line)
+
+def _lines_of(first: int, n: int, rejected: np.ndarray) -> np.ndarray:
+    "File lines of good rows `first`..`first+n-1`: line 1 is the header, and malformed lines take no row."
+    i = np.arange(first, first + n)
+    before = rejected - 2 - np.arange(len(rejected))  # good rows ahead of each malformed line
+    return i + 2 + np.searchsorted(before, i, side="right")
+
+def _events_from(table: pd.DataFrame, spec: FeedSpec, majority: bool | None, split_column: bool) -> FileEvents:
+    "What a survey collected (the rows with an event: times, split and dividend values) as the file's `FileEvents`."
+    return replace(table_events(table, spec, majority), split_column=split_column, offset_majority=majority)
+
+def _reader() -> duckdb.DuckDBPyConnection:
+    "A DuckDB of our own to read a CSV with: quiet (no progress bar of its own), and lean."
+    con = duckdb.connect(config={"threads": 1})  # one thread reads a CSV nearly as fast, in half the memory
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+def _scan_csv(path: Path, kind: str, spec: FeedSpec) -> _Scan:
+    "Survey a CSV with DuckDB in strict mode (malformed lines kept aside), then stream its rows as typed chunks."
     try:
         with (gzip.open if kind == "gzip" else open)(path, "rb") as fh:
             header = next(csv.reader([fh.readline().decode("utf-8-sig")]), [])
@@ -276,12 +380,33 @@ def _read_csv(path: Path, kind: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataF
     if not any(c.strip() for c in header):
         raise DataError(f"{path}: the first line is not a header", hint="start the file with date,open,high,low,close,volume")
     names = _column_names(header, path)
+    tcol = _time_column(names, path)
+    col = {n: f"c{i}" for i, n in enumerate(names)}
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(names))) + "}"
-    con = duckdb.connect()
+    quoted = str(path).replace("'", "''")
+    src = (f"read_csv('{quoted}', header = true, delim = ',', quote = '\"', escape = '\"', auto_detect = false, "
+           f"columns = {columns}, strict_mode = true, store_rejects = true, buffer_size = {4 << 20}, "
+           f"compression = '{'gzip' if kind == 'gzip' else 'none'}')")
+    t = f"trim({col[tcol]})"
+    # every column is read, each scan alike: DuckDB checks (UTF-8, for one) only the columns a query uses
+    every = " AND ".join(f"({c} IS NULL OR {c} IS NOT NULL)" for c in col.values())
+    split_col = next((col[c] for c in _SPLIT_COLS if c in col), None)
+    div_col = next((col[c] for c in _DIV_COLS if c in col), None)
+    num = lambda c: f"TRY_CAST({c} AS DOUBLE)"
+    wanted = []
+    if split_col:
+        wanted.append(f"({num(split_col)} NOT IN (0, 1) AND isfinite({num(split_col)}))")
+    if div_col:
+        wanted.append(f"({num(div_col)} <> 0 AND isfinite({num(div_col)}))")
+    event = " OR ".join(wanted) or "false"
+    offset = (f"(suffix({t}, 'Z') OR strpos({t}, '+') > 0 OR strpos(substr({t}, 11), '-') > 0) "
+              f"AND regexp_matches({t}, '{_OFFSET.pattern}')")
+    survey = (f"SELECT count(*), count(*) FILTER (WHERE {offset}), list({t}) FILTER (WHERE {event}), "
+              f"list({num(split_col) if split_col else 'NULL'}) FILTER (WHERE {event}), "
+              f"list({num(div_col) if div_col else 'NULL'}) FILTER (WHERE {event}) FROM {src} WHERE {every}")
+    con = _reader()
     try:
-        rows = con.execute(f"""SELECT * FROM read_csv(?, header = true, delim = ',', quote = '"', escape = '"',
-                                   auto_detect = false, columns = {columns}, strict_mode = true, store_rejects = true,
-                                   compression = '{"gzip" if kind == "gzip" else "none"}')""", [str(path)]).df()
+        n, n_offset, when, split, dividend = con.execute(survey).fetchall()[0]  # all: fetchone leaves no reject_errors
         rejects = con.execute("""SELECT line, string_agg(DISTINCT error_type || ': ' || error_message, '; ') AS detail,
                                         min(csv_line) AS raw
                                  FROM reject_errors GROUP BY line ORDER BY line""").df()
@@ -290,18 +415,99 @@ def _read_csv(path: Path, kind: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataF
                         hint="check that it is a comma-separated text file with one header line") from err
     finally:
         con.close()
-    rows.columns = names
-    taken = set(rejects.line.astype(int))
-    lines, n = [], 2  # a well-formed row's line: the next one no malformed line took (a quoted newline may shift it)
-    while len(lines) < len(rows):
-        if n not in taken:
-            lines.append(n)
-        n += 1
     rejects["detail"] = rejects.detail.str.replace(r"\s+", " ", regex=True).str.slice(0, 300)
-    return rows, np.array(lines, dtype=np.int64), rejects
+    if not n and not len(rejects):
+        raise DataError(f"{path} has a header and no rows", hint="nothing to ingest: check that the export finished")
+    majority = n_offset * 2 >= n if 0 < n_offset < n else None
+    found = pd.DataFrame({"date": pd.Series(when or [], dtype=object)})
+    for c, name, values in ((split_col, "split", split), (div_col, "dividend", dividend)):
+        if c:
+            found[name] = pd.Series(values or [], dtype=float)
+    events = _events_from(found, spec, majority, split_col is not None)
+    rejected = np.sort(rejects.line.to_numpy(np.int64))
+    select = ", ".join([f'{col[tcol]} AS "{tcol}"'] + [f"{num(col[c])} AS {c}" for c in _BAR_COLUMNS])
 
-def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    "A CSV or Parquet file of bars: (table with lower-case column names, each row's line, malformed lines)."
+    def chunks(rows: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        con = _reader()
+        try:
+            reader, first = con.sql(f"SELECT {select} FROM {src} WHERE {every}").to_arrow_reader(rows), 0
+            for batch in reader:
+                table = batch.to_pandas()
+                yield table, _lines_of(first, len(table), rejected)
+                first += len(table)
+        except duckdb.Error as err:
+            raise DataError(f"{path} could not be read to the end: {str(err).splitlines()[0]}",
+                            hint="check that the file is complete") from err
+        finally:
+            con.close()
+    return _Scan(n, rejects, events, tcol, chunks)
+
+def _scan_parquet(path: Path, spec: FeedSpec) -> _Scan:
+    "Survey a Parquet file (its events and time style, from a few columns), then stream its row groups in chunks."
+    def damaged(err: Exception) -> DataError:
+        return DataError(f"{path} is not a readable Parquet file: {str(err).splitlines()[0][:200]}",
+                         hint="check that the file is complete, or export it again")
+    try:
+        pf = pq.ParquetFile(path)
+        original = list(pf.schema_arrow.names)
+    except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a damaged file; all mean the same
+        raise damaged(err) from err
+    names = _column_names(original, path)
+    orig = dict(zip(names, original))
+    tcol = _time_column(names, path)
+    n = pf.metadata.num_rows
+    if not n:
+        raise DataError(f"{path} has a header and no rows", hint="nothing to ingest: check that the export finished")
+    split_col = next((c for c in _SPLIT_COLS if c in orig), None)
+    div_col = next((c for c in _DIV_COLS if c in orig), None)
+    text_times = pa.types.is_string(pf.schema_arrow.field(orig[tcol]).type) or \
+        pa.types.is_large_string(pf.schema_arrow.field(orig[tcol]).type)
+    n_offset, parts = 0, []
+    try:
+        if split_col or div_col or text_times:
+            cols = [orig[c] for c in (tcol, split_col, div_col) if c]
+            for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=cols):
+                t = batch.to_pandas().set_axis([c for c in (tcol, split_col, div_col) if c], axis=1)
+                if text_times:
+                    n_offset += int(_has_offset(t[tcol].astype("string").str.strip()).sum())
+                keep = pd.Series(False, index=t.index)
+                if split_col:
+                    v = pd.to_numeric(t[split_col], errors="coerce")
+                    keep |= v.notna() & ~v.isin([0.0, 1.0]) & np.isfinite(v)
+                if div_col:
+                    v = pd.to_numeric(t[div_col], errors="coerce")
+                    keep |= v.notna() & (v != 0) & np.isfinite(v)
+                if keep.any():
+                    parts.append(t[keep])
+    except Exception as err:  # noqa: BLE001
+        raise damaged(err) from err
+    majority = n_offset * 2 >= n if 0 < n_offset < n else None
+    found = pd.concat(parts, ignore_index=True) if parts else None
+    table = pd.DataFrame({"date": found[tcol] if found is not None else pd.Series([], dtype=object)})
+    for c, name in ((split_col, "split"), (div_col, "dividend")):
+        if c:
+            table[name] = (pd.to_numeric(found[c], errors="coerce").to_numpy(float) if found is not None
+                           else np.array([], dtype=float))
+    events = _events_from(table, spec, majority, split_col is not None)
+    wanted = [orig[c] for c in (tcol, *_BAR_COLUMNS)]
+
+    def chunks(rows: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        first = 0
+        try:
+            for batch in pf.iter_batches(batch_size=rows, columns=wanted):
+                table = batch.to_pandas().set_axis([tcol, *_BAR_COLUMNS], axis=1)
+                yield table, np.arange(first + 2, first + 2 + len(table))
+                first += len(table)
+        except (OSError, ValueError, pa.ArrowException) as err:
+            raise damaged(err) from err
+    return _Scan(n, pd.DataFrame(columns=["line", "detail", "raw"]), events, tcol, chunks)
+
+def _scan(path: Path, spec: FeedSpec) -> _Scan:
+    kind = _sniff(path)
+    return _scan_parquet(path, spec) if kind == "parquet" else _scan_csv(path, kind, spec)
+
+def read_table(path: Path) -> pd.DataFrame:
+    "Read a small CSV or Parquet file whole, with lower-case column names (values as text for CSV, to parse once)."
     path = Path(path)
     kind = _sniff(path)
     if kind == "parquet":
@@ -311,32 +517,81 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
             raise DataError(f"{path} is not a readable Parquet file: {str(err).splitlines()[0][:200]}",
                             hint="check that the file is complete, or export it again") from err
         table.columns = _column_names(list(table.columns), path)
-        lines, rejects = np.arange(2, len(table) + 2), pd.DataFrame(columns=["line", "detail", "raw"])
-    else:
-        table, lines, rejects = _read_csv(path, kind)
-    if not len(table) and not len(rejects):
-        raise DataError(f"{path} has a header and no rows", hint="nothing to ingest: check that the export finished")
-    return table, lines, rejects
+        return table
+    try:
+        table = pd.read_csv(path, dtype=str, compression="gzip" if kind == "gzip" else None, encoding="utf-8-sig")
+    except (ValueError, UnicodeDecodeError, OSError, EOFError) as err:
+        raise DataError(f"{path} cannot be read as CSV: {str(err).splitlines()[0]}",
+                        hint="check that it is a comma-separated UTF-8 text file with one header line") from err
+    table.columns = _column_names(list(table.columns), path)
+    return table
 
-def read_table(path: Path) -> pd.DataFrame:
-    "Read a CSV or Parquet file with lower-case column names (values as text for CSV, to parse once)."
-    return _read_file(path)[0]
+def read_lean_file(path: str | Path, kind: str) -> pd.DataFrame:
+    "A LEAN `kind` ('factor' or 'map') file: CSV as LEAN writes it (no header, YYYYMMDD dates), with a header, or Parquet."
+    path = Path(path)
+    if _sniff(path) == "parquet":
+        return _lean_frame(read_table(path), kind)
+    try:
+        frame = pd.read_csv(path, header=None, dtype=str, encoding="utf-8-sig", skipinitialspace=True)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} cannot be read as a LEAN {kind} file: {str(err).splitlines()[0]}",
+                        hint="give it as LEAN writes it: comma-separated, one line per date") from err
+    if not str(frame.iat[0, 0]).strip()[:1].isdigit():  # a header line
+        frame = frame.iloc[1:].set_axis([str(c).strip().lower() for c in frame.iloc[0]], axis=1)
+    else:
+        names = _LEAN_COLUMNS[kind]
+        frame.columns = names[:frame.shape[1]] + [f"extra_{i}" for i in range(frame.shape[1] - len(names))]
+    return _lean_frame(frame, kind)
 
 class FileSource(Source):
-    "One CSV or Parquet file of bars for one ticker; files of one `vendor` may feed the same series."
-    def __init__(self, path: str | Path, spec: FeedSpec, vendor: str = "file"):
-        self.path, self.spec, self.vendor = Path(path), spec, vendor
+    """One CSV or Parquet file of bars for one ticker; files of one `vendor` may feed the same series. It is read
+    `chunk_rows` rows at a time; LEAN `factor_file` and `map_file` (optional) give the ticker's corporate actions
+    and ticker history."""
+    def __init__(self, path: str | Path, spec: FeedSpec, vendor: str = "file", chunk_rows: int = CHUNK_ROWS,
+                 factor_file: str | Path | None = None, map_file: str | Path | None = None):
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, was {chunk_rows}")
+        self.path, self.spec, self.vendor, self.chunk_rows = Path(path), spec, vendor, chunk_rows
+        self.factor_file, self.map_file = factor_file, map_file
         self.name = f"file:{self.path.name}"
 
     def specs(self) -> list[FeedSpec]:
         return [self.spec]
 
+    def stream(self, spec: FeedSpec, since: pd.Timestamp | None = None) -> Iterator[Feed]:
+        scan = _scan(self.path, spec)
+        rejects = pd.DataFrame({"row_ref": f"{self.path.name}:" + scan.rejects.line.astype(str),
+                                "detail": scan.rejects.detail, "raw": scan.rejects.raw})
+        total, sent, readable, first_note = scan.rows + len(rejects), False, False, None
+        for table, lines in scan.chunks(self.chunk_rows):
+            feed = parse_bars(table, spec, self.name, self.path.name, self.vendor, lines, scan.events)
+            readable = readable or bool(feed.bars.ts.notna().any())
+            if first_note is None and len(feed.bars):
+                first_note = feed.bars.ts_note.iloc[0]
+            yield _since(replace(feed, rejects=rejects.iloc[:0] if sent else rejects, expected_rows=total), since)
+            sent = True
+        if not sent:  # only malformed lines
+            empty = pd.DataFrame({c: pd.Series([], dtype="string" if c == "date" else float) for c in ("date", *_BAR_COLUMNS)})
+            yield replace(parse_bars(empty, spec, self.name, self.path.name, self.vendor, np.array([], np.int64),
+                                     scan.events), rejects=rejects, expected_rows=total)
+        elif not readable:
+            raise _unreadable_times(self.path.name, scan.time_column, first_note)
+
     def fetch(self, spec: FeedSpec, since: pd.Timestamp | None = None) -> Feed:
-        table, lines, rejects = _read_file(self.path)
-        feed = parse_bars(table, spec, self.name, self.path.name, self.vendor, lines)
-        feed = replace(feed, rejects=pd.DataFrame({"row_ref": f"{self.path.name}:" + rejects.line.astype(str),
-                                                   "detail": rejects.detail, "raw": rejects.raw}))
-        return _since(feed, since)
+        chunks = list(self.stream(spec, since))
+        return replace(chunks[0], bars=pd.concat([c.bars for c in chunks], ignore_index=True))
+
+    def reference(self) -> ReferenceData:
+        if self.factor_file is None and self.map_file is None:
+            return ReferenceData.empty()
+        ref = ReferenceData.empty()
+        symbol = self.spec.ticker
+        history = (lean_ticker_history(symbol, read_lean_file(self.map_file, "map")) if self.map_file is not None
+                   else ref.ticker_history)
+        actions = (lean_corporate_actions(symbol, read_lean_file(self.factor_file, "factor"),
+                                          TradingCalendar(self.spec.calendar or "XNYS"))
+                   if self.factor_file is not None else ref.corporate_actions)
+        return ReferenceData(history, actions)
 
 def _since(feed: Feed, since: pd.Timestamp | None) -> Feed:
     if since is None:

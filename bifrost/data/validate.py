@@ -12,10 +12,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..core import TradingCalendar, bar_size_delta
+from ..core import DataError, TradingCalendar, bar_size_delta
 
 # %% auto #0
-__all__ = ['PRICES', 'Reason', 'Bounds', 'outside_session', 'split_adjusted_ratio', 'spikes', 'validate_bars']
+__all__ = ['PRICES', 'Reason', 'Bounds', 'outside_session', 'split_adjusted_ratio', 'spikes', 'unshown_splits', 'BarValidator',
+           'validate_bars']
 
 # %% ../../nbs/02a_data.validate.ipynb #4a3aa420
 class Reason(str, Enum):
@@ -105,10 +106,14 @@ def _at(prefix: str) -> Callable[[pd.DataFrame], pd.Series]:
     return lambda rows: prefix + _text(rows.ts)
 
 # %% ../../nbs/02a_data.validate.ipynb #632a4e82
-def _order_rules(f: pd.DataFrame) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
-    "Order and duplicate rules over rows that all have a usable timestamp."
+def _order_rules(f: pd.DataFrame, prior: pd.Timestamp | None = None
+                 ) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
+    "Order and duplicate rules over rows that all have a usable timestamp; `prior`: the latest time of rows before them."
     ts = f.ts
-    out_of_order = ts < ts.cummax().shift(fill_value=ts.iloc[0] if len(ts) else pd.NaT)
+    before = ts.cummax().shift(fill_value=ts.iloc[0] if len(ts) else pd.NaT)
+    if prior is not None:
+        before = before.where(before >= prior, prior)
+    out_of_order = ts < before
     same = ts.duplicated(keep=False) & ~out_of_order
     none = pd.Series(False, index=f.index)
     conflicting = duplicate = none
@@ -145,13 +150,17 @@ def outside_session(ts: pd.Series, bar_size: str, calendar: TradingCalendar, ses
     return ~inside.fillna(False).astype(bool)
 
 # %% ../../nbs/02a_data.validate.ipynb #392dc5b4
+def _days(ts: pd.Series) -> pd.Series:
+    return ts.dt.tz_localize(None).dt.normalize() if ts.dt.tz is not None else ts.dt.normalize()
+
 def split_adjusted_ratio(close: pd.Series, ts: pd.Series, splits: pd.Series | None) -> pd.Series:
     "close[t] / close[t-1] with each split undone (ratio 1.0 = no change)."
     ratio = close / close.shift()
-    if splits is not None and len(splits):
-        day = ts.dt.tz_localize(None).dt.normalize() if ts.dt.tz is not None else ts.dt.normalize()
-        on_day = day.map(lambda d: splits.get(d, 1.0)).astype(float)
-        first_of_day = day != day.shift()
+    if splits is not None and len(splits) and len(close):
+        day = _days(ts)
+        by_day = splits.groupby(pd.DatetimeIndex(splits.index).normalize()).prod()
+        on_day = by_day.reindex(pd.DatetimeIndex(day)).fillna(1.0).to_numpy(float)
+        first_of_day = (day != day.shift()).to_numpy()
         ratio = ratio * np.where(first_of_day, on_day, 1.0)
     return ratio
 
@@ -162,36 +171,131 @@ def spikes(close: pd.Series, ts: pd.Series, max_jump: float = 4.0, splits: pd.Se
     nxt = r.shift(-1)
     return ((r.abs() > lim) & (nxt.abs() > lim) & (np.sign(r) != np.sign(nxt))).fillna(False)
 
+def unshown_splits(close: pd.Series, ts: pd.Series, listed: pd.Series | None) -> list[tuple[pd.Timestamp, float, float]]:
+    "Splits a source lists that its prices do not show: (ex-date, split, close ratio) where the ratio is nearer 1 than 1/split."
+    if listed is None or not len(listed) or len(close) < 2:
+        return []
+    day = _days(ts).reset_index(drop=True)
+    raw = (close / close.shift()).reset_index(drop=True)
+    first_of_day = day != day.shift()
+    out = []
+    for ex, split in listed.items():
+        if not (split >= 1.25 or split <= 0.8):  # a small stock dividend hides in an ordinary day's move
+            continue
+        at = raw[first_of_day & (day == pd.Timestamp(ex).normalize())].dropna()
+        if len(at) and abs(np.log(at.iloc[0] * split)) > abs(np.log(at.iloc[0])):
+            out.append((pd.Timestamp(ex).normalize(), float(split), float(at.iloc[0])))
+    return out
+
 # %% ../../nbs/02a_data.validate.ipynb #6c20bce0
+class BarValidator:
+    """`validate_bars` over a feed read in chunks, with the same verdicts as over the whole feed.
+
+    What a chunk cannot decide alone is carried to the next: the rows at the latest time (a duplicate of them may
+    follow), the latest time seen (for the order rule), and the last good row with the one before it (the jump rule
+    needs a good row's next neighbour). Give every chunk to `push`, then call `finish`."""
+
+    def __init__(self, bar_size: str, calendar: TradingCalendar | None, session: str = "regular",
+                 splits: pd.Series | None = None, max_jump: float = 4.0, bounds: Bounds = Bounds(),
+                 now: pd.Timestamp | None = None, listed_splits: pd.Series | None = None):
+        self.bar_size, self.calendar, self.session, self.splits = bar_size, calendar, session, splits
+        self.max_jump, self.bounds, self.now, self.listed_splits = max_jump, bounds, now, listed_splits
+        self._held: pd.DataFrame | None = None    # rows at the latest time, not yet judged
+        self._latest: pd.Timestamp | None = None  # the latest time of the rows judged
+        self._pending: pd.DataFrame | None = None  # the last good row: a jump to it is judged with the next good row
+        self._context = pd.DataFrame({"close": [], "ts": pd.Series([], dtype="datetime64[us, UTC]")})
+        self._empty: pd.DataFrame | None = None  # the columns of the rows given
+
+    def finish(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        "Judge what is still held: the feed has ended."
+        return self.push(None, last=True)
+
+    def push(self, frame: pd.DataFrame | None, last: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+        "(good rows, rejected rows with `reason` and `detail`) decided by this chunk; `last`: no chunk follows."
+        if frame is not None and self._empty is None:
+            self._empty = frame.iloc[:0]
+        parts = [p for p in (self._held, frame) if p is not None]
+        if not parts and self._empty is None:  # nothing was ever given
+            return pd.DataFrame(), pd.DataFrame(columns=["reason", "detail"])
+        f = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts or [self._empty])[0].reset_index(drop=True)
+        self._held = None
+        if not isinstance(f.ts.dtype, pd.DatetimeTZDtype) and f.ts.isna().all():  # every time unreadable: no zone
+            f["ts"] = pd.to_datetime(f.ts, utc=True)
+        if not len(f):
+            return self._release(f, [], pd.Series(False, index=f.index), last)
+        findings = _time_rules(f, self.bar_size, self.bounds, self.now,
+                               self.calendar.tz if self.calendar is not None else "UTC")
+        timed = ~np.logical_or.reduce([m.fillna(False).to_numpy(bool) for _, m, _ in findings])
+        findings += _row_rules(f, self.bounds)
+        hold = pd.Series(False, index=f.index)
+        if timed.any():
+            order = [(r, m.reindex(f.index, fill_value=False), d) for r, m, d in _order_rules(f[timed], self._latest)]
+            findings += order
+            if not last:  # the rows at the latest time wait: the next chunk may repeat that time
+                in_order = pd.Series(timed, index=f.index) & ~order[0][1]
+                top = f.ts[in_order].max()
+                hold = in_order & (f.ts == top)
+            judged = f.ts[timed & ~hold.to_numpy()].max()
+            if pd.notna(judged) and (self._latest is None or judged > self._latest):
+                self._latest = judged
+        bad_mask = pd.Series(False, index=f.index)
+        for _, mask, _ in findings:
+            bad_mask |= mask.fillna(False).astype(bool)
+        bad_mask &= ~hold
+        findings = [(r, m.fillna(False).astype(bool) & ~hold, d) for r, m, d in findings]
+        if self.calendar is not None:
+            ok = ~bad_mask & ~hold
+            off = outside_session(f.ts[ok], self.bar_size, self.calendar, self.session).reindex(f.index, fill_value=False)
+            findings.append((Reason.OUTSIDE_SESSION, off, _at(f"no session of {self.calendar.code} at ")))
+            bad_mask |= off
+        self._held = f[hold] if hold.any() else None
+        return self._release(f, findings, bad_mask | hold, last)
+
+    def _release(self, f, findings, not_good, last):
+        "Apply the jump rule over the good rows (with the carried context), and build the two outputs."
+        ok = ~not_good
+        pending, context = self._pending, self._context
+        seq = pd.concat([context, f.loc[ok, ["close", "ts"]]], ignore_index=True)
+        spike = spikes(seq.close, seq.ts, self.max_jump, self.splits).to_numpy(bool)
+        for ex, split, ratio in unshown_splits(seq.close, seq.ts, self.listed_splits):
+            raise DataError(
+                f"the prices do not show the {split:g}:1 split of {ex:%Y-%m-%d} that the file lists: the close "
+                f"moved x{ratio:.3f} that day, where raw prices move about x{1 / split:.3f} (so they are "
+                "split-adjusted already; stored as raw they would be adjusted twice)",
+                hint="ingest the file with --basis split")
+        good_parts, bad_parts = [], []
+        if pending is not None and len(seq) > len(context):  # the pending row's next good neighbour has come
+            if spike[len(context) - 1]:
+                bad_parts.append(pending.assign(reason=Reason.IMPLAUSIBLE_JUMP.value,
+                                                detail=_at(f"isolated jump beyond x{self.max_jump} at ")(pending)))
+            else:
+                good_parts.append(pending)
+            pending = None
+        jump = pd.Series(False, index=f.index)
+        jump[ok[ok].index] = spike[len(context):]
+        findings = list(findings) + [(Reason.IMPLAUSIBLE_JUMP, jump, _at(f"isolated jump beyond x{self.max_jump} at "))]
+        good_rows = f[ok & ~jump]
+        if last:
+            if pending is not None:
+                good_parts.append(pending)
+            pending = None
+        elif len(good_rows):  # the last good row waits for its next neighbour
+            pending, good_rows = good_rows.iloc[-1:], good_rows.iloc[:-1]
+        if len(seq) > len(context):
+            self._context = seq.iloc[-2:].reset_index(drop=True)
+        self._pending = pending
+        good_parts.append(good_rows)
+        for reason, mask, detail in findings:
+            rows = f[mask.to_numpy(bool)]
+            if len(rows):
+                bad_parts.append(rows.assign(reason=reason.value, detail=detail(rows)))
+        good = pd.concat(good_parts, ignore_index=True) if len(good_parts) > 1 else good_parts[0].reset_index(drop=True)
+        bad = pd.concat(bad_parts, ignore_index=True) if bad_parts else f.iloc[:0].assign(reason="", detail="")
+        return good, bad
+
 def validate_bars(frame: pd.DataFrame, bar_size: str, calendar: TradingCalendar | None,
                   session: str = "regular", splits: pd.Series | None = None,
                   max_jump: float = 4.0, bounds: Bounds = Bounds(),
                   now: pd.Timestamp | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Split `frame` into (good rows, rejected rows with `reason` and `detail`); `now` rejects bars from the future."
-    f = frame.reset_index(drop=True)
-    if not isinstance(f.ts.dtype, pd.DatetimeTZDtype) and f.ts.isna().all():  # every time unreadable: no zone
-        f["ts"] = pd.to_datetime(f.ts, utc=True)
-    findings = _time_rules(f, bar_size, bounds, now, calendar.tz if calendar is not None else "UTC")
-    timed = ~np.logical_or.reduce([m.fillna(False).to_numpy(bool) for _, m, _ in findings])
-    findings += _row_rules(f, bounds)
-    if timed.any():
-        findings += [(r, m.reindex(f.index, fill_value=False), d) for r, m, d in _order_rules(f[timed])]
-    bad_mask = pd.Series(False, index=f.index)
-    for _, mask, _ in findings:
-        bad_mask |= mask.fillna(False).astype(bool)
-    if calendar is not None:
-        ok = ~bad_mask
-        off = outside_session(f.ts[ok], bar_size, calendar, session).reindex(f.index, fill_value=False)
-        findings.append((Reason.OUTSIDE_SESSION, off, _at(f"no session of {calendar.code} at ")))
-        bad_mask |= off
-    ok = ~bad_mask
-    spike = spikes(f.close[ok], f.ts[ok], max_jump, splits).reindex(f.index, fill_value=False)
-    findings.append((Reason.IMPLAUSIBLE_JUMP, spike, _at(f"isolated jump beyond x{max_jump} at ")))
-    bad_mask |= spike
-    rejected = []
-    for reason, mask, detail in findings:
-        rows = f[mask.fillna(False).astype(bool)]
-        if len(rows):
-            rejected.append(rows.assign(reason=reason.value, detail=detail(rows)))
-    bad = pd.concat(rejected, ignore_index=True) if rejected else f.iloc[:0].assign(reason="", detail="")
-    return f[~bad_mask].reset_index(drop=True), bad
+    return BarValidator(bar_size, calendar, session, splits, max_jump, bounds, now).push(frame, last=True)
