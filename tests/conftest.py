@@ -56,6 +56,15 @@ def drop_store(url: str) -> None:
         PostgresStore(url).drop_schema()
 
 
+def pytest_configure(config):
+    "Under pytest-xdist each worker gets a home of its own, so notebooks that use the settings' home never share one."
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and os.environ.get("BIFROST_HOME"):
+        home = os.path.join(os.environ["BIFROST_HOME"], worker)
+        os.makedirs(home, exist_ok=True)
+        os.environ["BIFROST_HOME"] = home
+
+
 @pytest.fixture(autouse=True)
 def bifrost_home(tmp_path_factory, monkeypatch):
     "No test reads or writes ~/.bifrost, and no test picks up a store URL from the environment."
@@ -101,6 +110,27 @@ def sample_store(folder, symbols, bar_size: str = "1d", name: str = "sample"):
     feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker in symbols and f.spec.bar_size == bar_size)
     ingest(store, SampleSource(feeds), progress=False)
     return store
+
+
+_FULL_SAMPLE: list[str] = []
+
+
+def sample_copy(folder, name: str = "sample"):
+    """A DuckDB store in `folder` holding the whole shipped sample: a copy of one ingested once per test process
+    (per pytest-xdist worker). Ingesting the sample costs seconds; copying the file, milliseconds."""
+    import shutil
+    import tempfile
+    if not _FULL_SAMPLE:
+        from bifrost.data.ingest import ingest
+        from bifrost.data.sources import SampleSource
+        base = os.path.join(tempfile.mkdtemp(prefix="bifrost-sample-"), "sample.duckdb")
+        store = connect(f"duckdb:///{base}")
+        ingest(store, SampleSource(), progress=False)
+        store.close()
+        _FULL_SAMPLE.append(base)
+    target = os.path.join(folder, f"{name}.duckdb")
+    shutil.copyfile(_FULL_SAMPLE[0], target)
+    return connect(f"duckdb:///{target}")
 
 
 def sample_panel(folder, symbol: str, start: str, end: str):
