@@ -414,3 +414,30 @@ def test_trade_pipeline_when_daily_then_one_session_through_papermill_in_parity(
     assert json.loads(row.summary.iat[0])["bar_size"] == "1d"
     fills = traded_fills(s, "acct", "2013-10-07", "2013-10-08")
     assert fills.shares.tolist() == [597] and parity_report(s, "acct", dt.date(2013, 10, 7)).empty
+
+
+# -- issue 16: each session's audit records are anchored outside the store when it ends -----------------------------
+from bifrost.audit import AnchorLog  # noqa: E402
+
+
+class _DiesAtOnce(PaperBroker):
+    def on_bar(self, bar):
+        raise RuntimeError("feed lost")
+
+
+def _head_anchored(store):
+    anchors, bad = AnchorLog.for_store(store).read()
+    head = store.query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").iloc[0]
+    return not bad and anchors and (anchors[-1].seq, anchors[-1].hash) == (int(head.seq), head.hash)
+
+
+def test_session_when_done_or_failed_then_its_audit_head_is_anchored_outside_the_store(spy_daily):
+    trade_session(spy_daily, "acct", DAILY_DAYS[0], strategy="sma", symbols=["SPY"], costs=EXACT, progress=False)
+    assert spy_daily.scalar("SELECT count(*) FROM audit_log WHERE kind LIKE 'order.%'") > 0
+    assert _head_anchored(spy_daily)
+    clock = SimulatedClock(dt.datetime(2013, 10, 8, 8, tzinfo=dt.timezone.utc))
+    dies = _DiesAtOnce(clock, cash=Decimal(100_000), participation=None, extended_hours=True)
+    with pytest.raises(RuntimeError, match="feed lost"):
+        trade_session(spy_daily, "acct", DAILY_DAYS[1], costs=EXACT, clock=clock, broker=dies, progress=False)
+    assert spy_daily.scalar("SELECT status FROM trading_sessions WHERE session = ?", [DAILY_DAYS[1]]) == "failed"
+    assert _head_anchored(spy_daily) and AuditTrail(spy_daily).verify().ok
