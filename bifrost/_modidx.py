@@ -281,6 +281,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'bifrost.bench._best': ('bench.html#_best', 'bifrost/bench.py'),
                                'bifrost.bench._fmt': ('bench.html#_fmt', 'bifrost/bench.py'),
                                'bifrost.bench._ingest_seconds': ('bench.html#_ingest_seconds', 'bifrost/bench.py'),
+                               'bifrost.bench._minute_csv': ('bench.html#_minute_csv', 'bifrost/bench.py'),
                                'bifrost.bench._peak_mb': ('bench.html#_peak_mb', 'bifrost/bench.py'),
                                'bifrost.bench._postgres_seconds': ('bench.html#_postgres_seconds', 'bifrost/bench.py'),
                                'bifrost.bench._postgres_version': ('bench.html#_postgres_version', 'bifrost/bench.py'),

@@ -26,13 +26,14 @@ import psycopg
 
 from .core import BifrostError, mask_url
 from .data.ingest import ingest
-from .data.sources import SAMPLE, FileSource, SampleFile
+from .data.sources import SAMPLE, FeedSpec, FileSource, SampleFile
 from .store import PostgresStore, connect
 
 # %% auto #0
-__all__ = ['RATIO_MEANINGS', 'BENCHES', 'DAILY_FILES', 'INTRADAY_FILE', 'QUICK_DAILY', 'QUICK_INTRADAY_ROWS', 'DEFAULT_PG_URL',
-           'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env', 'bench_ingest',
-           'bench_backtest', 'bench_analytics', 'bench_ledger', 'bench_risk', 'bench_execution', 'bench_signals']
+__all__ = ['RATIO_MEANINGS', 'BENCHES', 'DAILY_FILES', 'INTRADAY_FILE', 'QUICK_DAILY', 'QUICK_INTRADAY_ROWS', 'PEAK_ROWS',
+           'DEFAULT_PG_URL', 'Workload', 'BenchResult', 'UnknownBenchError', 'benchmark', 'run_bench', 'bench_env',
+           'bench_ingest', 'bench_backtest', 'bench_analytics', 'bench_ledger', 'bench_risk', 'bench_execution',
+           'bench_signals']
 
 # %% ../nbs/12_bench.ipynb #f7cc002b
 RATIO_MEANINGS: dict[str, str] = {}  # ratio name -> what over what, and the aim; filled by `@benchmark`
@@ -108,6 +109,7 @@ DAILY_FILES: tuple[SampleFile, ...] = tuple(f for f in SAMPLE
 INTRADAY_FILE: SampleFile = next(f for f in SAMPLE if f.file == "intraday/SPY_1hour_lean.parquet")
 QUICK_DAILY = ("SPY", "QQQ", "UW")
 QUICK_INTRADAY_ROWS = 10_000
+PEAK_ROWS = 1_000_000  # rows of the minute file whose ingestion's peak memory a full run reports
 DEFAULT_PG_URL = "postgresql://root@127.0.0.1:5432/test"
 
 def _schema_url(url: str, schema: str | None) -> str:
@@ -145,6 +147,21 @@ def _write_csvs(tmp: Path, quick: bool) -> dict[str, tuple[Workload, int]]:
             rows += len(table)
         out[name] = (workload, rows)
     return out
+
+def _minute_csv(tmp: Path, rows: int) -> tuple[Workload, int]:
+    """A minute file of `rows` rows from the real SPY hour bars, each hour's bar repeated over its sixty minutes
+    (its volume shared out): a file large enough that memory growing with rows would show."""
+    hours = pd.read_parquet(files("bifrost") / "sample" / INTRADAY_FILE.file).iloc[:-(-rows // 60)]
+    start = pd.to_datetime(hours.datetime).to_numpy()
+    ts = (start[:, None] + np.arange(60) * np.timedelta64(1, "m")).ravel()[:rows]
+    rep = hours.loc[hours.index.repeat(60)].iloc[:rows]
+    table = pd.DataFrame({"datetime": pd.Series(ts).dt.strftime("%Y-%m-%d %H:%M:%S"),
+                          **{c: rep[c].to_numpy() for c in ("open", "high", "low", "close")},
+                          "volume": (rep.volume.to_numpy() / 60).round()})
+    path = tmp / f"SPY_1min_from_hours_{rows}.csv"
+    table.to_csv(path, index=False)
+    spec = FeedSpec("SPY", "1min", session="extended", asset_class=INTRADAY_FILE.spec.asset_class)
+    return [(path, SampleFile(INTRADAY_FILE.file, spec, INTRADAY_FILE.vendor))], len(table)
 
 def _read_csv_seconds(db_path: Path, workload: Workload, rows: int) -> float:
     "The reference: DuckDB's `read_csv` of each file into a table of a fresh database file (connect to close)."
@@ -188,12 +205,13 @@ def _postgres_seconds(pg_url: str, workload: Workload, rows: int) -> float:
         PostgresStore(url).drop_schema()
 
 _PEAK_CHILD = """
-import json, sys
+import json, sys, time
 kind, url, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if kind == "read_csv":
     import duckdb
     con = duckdb.connect(url)
-    for i, (path, _, _, _) in enumerate(files):
+    start = time.perf_counter()
+    for i, (path, _, _, _, _) in enumerate(files):
         con.execute(f"CREATE TABLE ref_{i} AS SELECT * FROM read_csv('{path}')")
     con.close()
 else:
@@ -201,19 +219,22 @@ else:
     from bifrost.data.sources import FeedSpec, FileSource
     from bifrost.store import connect
     store = connect(url)
-    for path, ticker, bar_size, vendor in files:
-        ingest(store, FileSource(path, FeedSpec(ticker, bar_size), vendor), full=True, progress=False)
+    start = time.perf_counter()
+    for path, ticker, bar_size, session, vendor in files:
+        ingest(store, FileSource(path, FeedSpec(ticker, bar_size, session=session), vendor), full=True, progress=False)
+print(time.perf_counter() - start)
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
-def _peak_mb(kind: str, url: str, workload: Workload) -> float:
-    "Peak resident memory (MB) of a fresh process that runs `kind` ('read_csv' or 'ingest') over `workload` into `url`."
-    files = json.dumps([(str(p), f.spec.ticker, f.spec.bar_size, f.vendor) for p, f in workload])
+def _peak_mb(kind: str, url: str, workload: Workload) -> tuple[float, float]:
+    "(peak resident MB, seconds) of a fresh process that runs `kind` ('read_csv' or 'ingest') over `workload` into `url`."
+    files = json.dumps([(str(p), f.spec.ticker, f.spec.bar_size, f.spec.session, f.vendor) for p, f in workload])
     out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, kind, url, files], capture_output=True, text=True)
     if out.returncode:
         raise BifrostError(f"the {kind} memory probe failed: {out.stderr.strip().splitlines()[-1:]}")
-    return int(out.stdout.split()[-1]) / 1024  # kilobytes
+    seconds, kilobytes = out.stdout.split()[-2:]
+    return int(kilobytes) / 1024, float(seconds)
 
 # %% ../nbs/12_bench.ipynb #0157a57a
 _INGEST_RATIOS = {
@@ -221,7 +242,6 @@ _INGEST_RATIOS = {
     "duckdb_vs_read_csv_intraday": "Bifrost->DuckDB rows/s / DuckDB read_csv rows/s, intraday file (aim >= 0.5)",
     "postgresql_vs_duckdb_daily": "PostgreSQL ingest s / DuckDB ingest s, daily: slowdown factor (aim <= 5)",
     "postgresql_vs_duckdb_intraday": "PostgreSQL ingest s / DuckDB ingest s, intraday: slowdown factor (aim <= 5)",
-    "peak_mb_duckdb_vs_read_csv_intraday": "peak MB of a Bifrost->DuckDB ingest process / of a read_csv process, intraday",
 }
 
 @benchmark("ingest", ratios=_INGEST_RATIOS)
@@ -263,7 +283,8 @@ def bench_ingest(quick: bool = False, repeat: int = 3, pg_url: str | None = None
                                      "its figures are left out")
                 for p in tmp.glob("*.duckdb*"):
                     p.unlink()
-        workload, _ = workloads["intraday"]  # peak memory: one run each, in a fresh process, after the timings
+        # peak memory: one run each, in a fresh process, after the timings; the full run on a large minute file
+        workload, peak_rows = workloads["intraday"] if quick else _minute_csv(tmp, PEAK_ROWS)
         peak = {"read_csv": _peak_mb("read_csv", str(tmp / "peak_ref.duckdb"), workload),
                 "duckdb": _peak_mb("ingest", f"duckdb:///{tmp}/peak.duckdb", workload)}
         if use_pg:
@@ -279,9 +300,12 @@ def bench_ingest(quick: bool = False, repeat: int = 3, pg_url: str | None = None
             if (side, name) in best:
                 figures[f"{side}_{name}_s"] = round(best[side, name], 6)
                 figures[f"{side}_{name}_rows_per_s"] = round(rows / best[side, name], 1)
-    for side, mb in peak.items():
-        figures[f"{side}_intraday_peak_mb"] = round(mb, 1)
-    ratios = {"peak_mb_duckdb_vs_read_csv_intraday": round(peak["duckdb"] / peak["read_csv"], 3)}
+    figures["peak_rows"] = float(peak_rows)
+    for side, (mb, seconds) in peak.items():
+        figures[f"{side}_peak_mb"] = round(mb, 1)
+        figures[f"{side}_peak_rows_per_s"] = round(peak_rows / seconds, 1)
+    figures["peak_mb_duckdb_over_read_csv"] = round(peak["duckdb"][0] / peak["read_csv"][0], 3)
+    ratios = {}
     for name in workloads:
         if ("duckdb", name) in best:
             ratios[f"duckdb_vs_read_csv_{name}"] = round(best["read_csv", name] / best["duckdb", name], 4)
@@ -289,7 +313,8 @@ def bench_ingest(quick: bool = False, repeat: int = 3, pg_url: str | None = None
             ratios[f"postgresql_vs_duckdb_{name}"] = round(best["postgresql", name] / best["duckdb", name], 4)
     daily = ", ".join(f.spec.ticker for _, f in workloads["daily"][0])
     env["workload"] = (f"daily: {len(workloads['daily'][0])} LEAN daily files ({daily}); intraday: SPY_1hour_lean"
-                       + (f" (first {QUICK_INTRADAY_ROWS:,} rows)" if quick else "") + "; written to CSV first")
+                       + (f" (first {QUICK_INTRADAY_ROWS:,} rows)" if quick else "") + "; written to CSV first; peak memory: "
+                       + ("the intraday file" if quick else f"{peak_rows:,} minute bars spread from SPY's hour bars"))
     env["method"] = f"best of {repeat}, fresh store each repetition, store creation and migration not timed"
     if notes:
         env["note"] = "; ".join(notes)

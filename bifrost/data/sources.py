@@ -32,7 +32,7 @@ __all__ = ['BASES', 'CHUNK_ROWS', 'SAMPLE', 'LEAN_REFERENCE', 'FeedSpec', 'Feed'
 
 # %% ../../nbs/02b_data.sources.ipynb #6337ef3d
 BASES = ("raw", "split")
-CHUNK_ROWS = 100_000  # rows read, validated and written at a time: memory stays flat whatever the file's size
+CHUNK_ROWS = 50_000  # rows read, validated and written at a time: memory stays flat whatever the file's size
 
 @dataclass(frozen=True, slots=True)
 class FeedSpec:
