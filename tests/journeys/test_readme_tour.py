@@ -4,7 +4,11 @@
 Placeholders are filled from the line before them (`VERSION` from `bifrost strategy register`, `RUN_ID` from
 `bifrost backtest --track`). Servers that run until interrupted (`bifrost metrics`, `bifrost dashboard`) are started,
 checked to answer on their port, and stopped. The `bifrost bench …` lines are left out, named below: each runs for
-minutes against peer libraries, and `tests/test_bench.py` runs them quick."""
+minutes against peer libraries, and `tests/test_bench.py` runs them quick.
+
+The tour's first line, `bifrost demo`, is the demo's test too: its output is checked step by step, and once the tour is
+done the demo runs again on the same home, where it must add only what a second run adds (the demo runs twice in the
+whole suite, both times here)."""
 from __future__ import annotations
 
 import os
@@ -16,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from bifrost.demo import DEMO_STEPS
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -73,6 +79,27 @@ def serve(line: str, url: str, env: dict, cwd: Path) -> None:
         assert "Traceback" not in out, out
 
 
+def check_demo(out: str) -> None:
+    "`bifrost demo` on a fresh home: every step ran and said what it found."
+    assert all(f"== {i}/{len(DEMO_STEPS)}" in out for i in range(1, len(DEMO_STEPS) + 1)), out
+    assert re.search(r"parity: \d+ trades, 0 differences", out)
+    assert "historical" in out and "covid crash 2020" in out
+    assert "buy 300 QQQ: APPROVED" in out and "block: compliance/restricted_list v1: BAC" in out
+    assert "audit trail intact: 6 records" in out  # limits, two rules, three decisions
+    assert "ledger holds 10000 SPY, the broker 10000; child orders {'filled': 26}, open 0, unknown 0" in out
+    assert re.search(r"walk-forward: \d+ windows, in-sample Sharpe", out)
+    assert out.count("— done") == 3 and "parity: traded exactly as its backtest" in out
+    assert "end-of-day report (succeeded)" in out and re.search(r"tear sheet: .*eod_demo-paper_2013-10-08\.html", out)
+
+
+def check_demo_again(first: str, again: str) -> None:
+    "`bifrost demo` a second time: limits and rules are not recorded again, and only untraded sessions are traded."
+    records = lambda text: int(re.search(r"audit trail intact: (\d+) records", text).group(1))
+    assert records(again) > records(first) + 3  # the tour's records and the second run's three decisions
+    assert "ledger holds 10000 SPY, the broker 10000" in again
+    assert again.count("— done") == 2, again  # the two demo sessions not traded yet, and only those
+
+
 def test_the_readme_tour_runs_as_written(tmp_path):
     lines = tour_lines()
     assert lines[0] == "source .venv/bin/activate" and lines[1].startswith("bifrost demo")
@@ -89,5 +116,9 @@ def test_the_readme_tour_runs_as_written(tmp_path):
             serve(line, server, env, ROOT)
         else:
             previous = run_line(line, env, ROOT if "bifrost/sample/" in line else work)
+            if line.startswith("bifrost demo"):
+                demo = previous
+                check_demo(demo)
         ran.append(line)
     assert len(ran) >= 35
+    check_demo_again(demo, run_line("bifrost demo", env, work))
