@@ -49,3 +49,19 @@ def test_bad_symbol_when_ingested_through_the_command_then_refused_without_a_tra
     text = out.stdout + out.stderr
     assert "Traceback" not in text and "is not a valid symbol" in text and out.returncode != 0
     assert connect(url).scalar("SELECT count(*) FROM instruments") == 0
+
+
+def test_old_bad_symbol_row_when_left_in_the_store_then_other_accounts_open_and_show(tmp_path):
+    "A ' ' instrument written before symbols were checked (here by SQL) must not break every account's reads."
+    url = f"duckdb:///{tmp_path}/s.duckdb"
+    store = connect(url)
+    store.execute("INSERT INTO instruments (symbol, name, asset_class, currency, exchange, tick_size, lot_size) "
+                  "VALUES (' ', '', 'equity', 'USD', 'XNYS', 0.01, 1)")
+    env = {**os.environ, "BIFROST_HOME": str(tmp_path), "BIFROST_DB_URL": url}
+    for args in (["portfolio", "open", "main", "--deposit", "100000"], ["portfolio", "show", "main"]):
+        out = subprocess.run([BIFROST, *args], env=env, capture_output=True, text=True, timeout=120)
+        text = out.stdout + out.stderr
+        assert out.returncode == 0 and "Traceback" not in text, text
+    assert "100,000" in text or "100000" in text, text
+    from bifrost.portfolio.market import load_instruments
+    assert " " not in load_instruments(store)

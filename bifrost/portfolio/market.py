@@ -21,8 +21,16 @@ from ..store import Store
 __all__ = ['FX_KEY', 'load_instruments', 'text_or_none', 'write_fx_rates', 'MarketData', 'corporate_action_transactions']
 
 # %% ../../nbs/03d_portfolio.market.ipynb #7ca58dd4
+import logging
+
+from ..core import SymbolError
+
+_log = logging.getLogger(__name__)
+
 def load_instruments(store: Store, symbols: list[str] | None = None) -> dict[str, Instrument]:
-    "The instrument master (symbol, currency, tick size...) as `Instrument`s, tick sizes exact."
+    """The instrument master (symbol, currency, tick size...) as `Instrument`s, tick sizes exact. A row whose symbol
+    breaks the grammar (written before symbols were checked, or by hand) is skipped and logged: it cannot be traded,
+    and it must not stop every account's reads."""
     sql = ("SELECT symbol, name, asset_class, currency, exchange, CAST(tick_size AS VARCHAR) AS tick_size, "
            "lot_size, sector FROM instruments")
     params: list = []
@@ -33,9 +41,13 @@ def load_instruments(store: Store, symbols: list[str] | None = None) -> dict[str
         params = list(symbols)
     out = {}
     for r in store.query(sql, params).itertuples(index=False):
-        out[r.symbol] = Instrument(r.symbol, AssetClass(r.asset_class), r.currency, r.exchange,
-                                   Decimal(r.tick_size).normalize(), int(r.lot_size),
-                                   text_or_none(r.name) or "", text_or_none(r.sector))
+        try:
+            out[r.symbol] = Instrument(r.symbol, AssetClass(r.asset_class), r.currency, r.exchange,
+                                       Decimal(r.tick_size).normalize(), int(r.lot_size),
+                                       text_or_none(r.name) or "", text_or_none(r.sector))
+        except SymbolError as err:
+            _log.warning("instruments: skipped a row whose symbol breaks the grammar (%s); "
+                         "delete it from the store's instruments table", str(err).splitlines()[0][:200])
     return out
 
 def text_or_none(v) -> str | None:
