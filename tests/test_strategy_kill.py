@@ -100,3 +100,48 @@ def test_kill_switch_from_another_process_mid_session_then_no_order_after_it_is_
     assert s.scalar("SELECT count(*) FROM orders WHERE status IN ('pending_submit', 'accepted', "
                     "'partially_filled', 'pending_cancel', 'unknown')") == 0  # nothing left working
     assert AuditTrail(s).verify().ok
+
+
+HOLD = """import sys, time
+from pathlib import Path
+from bifrost.store import connect
+s = connect(sys.argv[1])
+with s.transaction():  # a long write: the DuckDB file stays locked by this process until the release file appears
+    s.execute("INSERT INTO trading_controls (name, value, set_at, reason) VALUES ('hold', 'x', now(), 'held')")
+    print("HELD", flush=True)
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.02)
+print("RELEASED", flush=True)
+"""
+
+
+def test_kill_cli_when_another_process_holds_the_duckdb_store_then_set_at_once_and_audited_later(tmp_path):
+    "`bifrost kill on|status` beside a writer inside a long transaction: set and read from the switch file, no wait."
+    url = f"duckdb:///{tmp_path}/held.duckdb"
+    connect(url).close()  # migrated, as a home that has been used
+    env = {**os.environ, "BIFROST_DB_URL": url, "BIFROST_HOME": str(tmp_path)}
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, url, str(release)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD", holder.stderr.read()
+        flip = subprocess.run([BIFROST, "kill", "on", "--reason", "desk halt"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        status = subprocess.run([BIFROST, "kill", "status"], env=env, capture_output=True, text=True, timeout=120)
+        assert holder.poll() is None, "the writer must still hold the store: kill never waited for it"
+    finally:
+        release.touch()
+        out, err = holder.communicate(timeout=60)
+    assert "RELEASED" in out, err
+    assert flip.returncode == 0 and "kill switch ON" in flip.stdout and "desk halt" in flip.stdout, flip.stdout + flip.stderr
+    assert "Traceback" not in flip.stderr + status.stderr
+    assert status.returncode == 0 and "kill switch ON" in status.stdout, status.stdout + status.stderr
+    s = connect(url)
+    state = json.loads(switch_file(s).read_text())
+    latency = switch_file(s).stat().st_mtime - dt.datetime.fromisoformat(state["set_at"]).timestamp()
+    assert state["on"] and latency < 1.0, f"the switch took {latency:.2f}s to set"
+    assert kill_switch(s)["on"]
+    # the change waits in the file for the store: the next OMS (or command) writes its audit record, once
+    from bifrost.execution.oms import audit_kill_switch
+    assert audit_kill_switch(s, AuditTrail(s)) == 1 and audit_kill_switch(s, AuditTrail(s)) == 0
+    assert AuditTrail(s).records(kind="control.kill_switch").payload.str.contains("desk halt").tolist() == [True]

@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from .common import (as_dict, fail, iso_date, iso_time, money, open_store, pairs, print_frame, require_account,
-                     require_portfolio, require_symbols, symbol_list, symbols)
+from .common import (as_dict, bar_size, fail, iso_date, iso_time, money, open_store, pairs, print_frame,
+                     require_account, require_portfolio, require_symbols, symbol_list, symbols)
 
 # %% auto #0
 __all__ = ['portfolio_app', 'trading_app', 'risk_app', 'compliance_app', 'audit_app', 'LotMethodOption', 'PnlBy',
@@ -135,7 +135,12 @@ def trade(account: str, session: str = typer.Option(..., callback=iso_date, help
                                                      "promoted to live), or a base URL."),
           trade_updates_url: Optional[str] = typer.Option(None, help="The broker's trade-updates websocket, if not "
                                                                      "its own."),
-          resume: bool = typer.Option(False, help="Take over this session from a process that died.")):
+          resume: bool = typer.Option(False, help="Take over this session from a process that died."),
+          bar_size_: Optional[str] = typer.Option(None, "--bar-size", callback=bar_size,
+                                                  help="Default: the strategy's own (another is refused with the "
+                                                       "reason)."),
+          extended_hours: bool = typer.Option(False, help="Replay pre- and post-market bars too (default: regular "
+                                                          "hours).")):
     "Trade one session of a strategy version for an account; exit 1 unless the session is done."
     from datetime import date
     from bifrost.core import LiveClock
@@ -151,7 +156,7 @@ def trade(account: str, session: str = typer.Option(..., callback=iso_date, help
         require_symbols(store, symbol_list(symbols))
     _require_limits(store, account, session)
     s = trade_session(store, account, date.fromisoformat(session), strategy=strategy, version=version, mode=mode.value,
-                      clock=LiveClock() if mode is Mode.live else None,
+                      bar_size=bar_size_, extended_hours=extended_hours, clock=LiveClock() if mode is Mode.live else None,
                       symbols=symbol_list(symbols), stream_url=stream_url,
                       broker=session_broker(broker.value, endpoint, trade_updates_url or ""), resume=resume)
     typer.echo(f"{s.account} {s.session} [{s.mode}] version {s.version}: {s.orders} orders, {s.fills} fills, "
@@ -296,7 +301,13 @@ def kill(state: KillState = typer.Argument(..., help="on, off or status"),
     if state is not KillState.status and not reason.strip():
         raise typer.BadParameter(f"kill {state.value} needs a reason, e.g. --reason \"runaway strategy\"",
                                  param_hint="'--reason'")
-    store = open_store(read_only=state is KillState.status)
+    from bifrost.core import load_settings
+    from bifrost.execution.oms import switch_file
+    from bifrost.store import connect
+    store = connect(load_settings().store_url, migrate=False)  # opens nothing yet: never waits for a writer
+    path = switch_file(store)  # on DuckDB the switch is a file beside the store, which no writer's lock holds
+    if path is None or not Path(store.path).exists():  # PostgreSQL (a row no writer holds long), or a new home
+        store = open_store(read_only=state is KillState.status)
     if state is not KillState.status:
         set_kill_switch(store, state is KillState.on, reason, LiveClock().now(), AuditTrail(store))
     k = kill_switch(store)

@@ -91,7 +91,8 @@ def _history_from(store: Store, symbols: list[str], session: date, bar_size: str
                      [bar_size, *symbols, pd.Timestamp(session).tz_localize("UTC").to_pydatetime()]).ts
     if len(ts) < warmup:
         raise StrategyError(f"the strategy decides on {warmup} {bar_size} bars (its warmup); {len(ts)} of {symbols} "
-                            f"are stored before {session}", hint="ingest the symbols' daily history first")
+                            f"are stored before {session}",
+                            hint="ingest the symbols' daily history first (bifrost ingest …), or trade a later session")
     return pd.Timestamp(ts.min()).date()
 
 # %% ../../nbs/08i_strategy.session.ipynb #386038a2
@@ -280,7 +281,8 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
     symbols = list(symbols or last.get("symbols") or [])
     if not name or not symbols:
         raise StrategyError(f"account {account!r} has no earlier session to take its strategy and symbols from",
-                            hint="pass strategy= and symbols= on its first session")
+                            hint="name them on its first session: bifrost trade ACCOUNT --session DATE --strategy "
+                                 "NAME --symbols SPY (trade_session(..., strategy=, symbols=))")
     version = _version_of(store, name, version, real_money(broker))
     strat = build_version(store, version)
     bar_size = _bar_size_of(strat, name, version, bar_size)
