@@ -61,7 +61,6 @@ def in_process(home, monkeypatch):
     "`bifrost ARGS` in this process on `home`: (status, output); the store is let go before the executable opens it."
     monkeypatch.setenv("BIFROST_HOME", str(home))
     monkeypatch.setenv("BIFROST_DB_URL", "")
-    monkeypatch.syspath_prepend(str(home))
 
     def call(*args: str) -> tuple[int, str]:
         out = io.StringIO()
