@@ -69,6 +69,7 @@ class SessionHours(str, Enum):
     extended = "extended"
 
 _BAR = typer.Option("1d", callback=bar_size, help="1min, 5min, 15min, 30min, 1h or 1d.")
+from .common import positive as _positive  # noqa: E402 - for `ingest file`'s bounds
 
 def report_ingest(r: IngestReport) -> None:
     "Print an ingestion's per-feed table and its totals."
@@ -92,10 +93,36 @@ def ingest_file(path: Path = typer.Argument(..., exists=True, dir_okay=False, he
                 basis: Basis = typer.Option(..., help="raw, or split (split-adjusted by the vendor)."),
                 bar_size: str = _BAR, session: SessionHours = typer.Option(SessionHours.regular),
                 vendor: str = typer.Option("file", help="Who published the prices; a series has one vendor."),
-                full: bool = typer.Option(False, help="Re-read every row, not only what is missing.")):
-    "Ingest a CSV or Parquet file of bars."
+                full: bool = typer.Option(False, help="Re-read every row, not only what is missing."),
+                factor_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                                           help="LEAN factor file: the ticker's splits and dividends."),
+                map_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                                        help="LEAN map file: the tickers it traded under, by date."),
+                min_price: Optional[float] = typer.Option(None, callback=_positive, help="Lowest plausible price."),
+                max_price: Optional[float] = typer.Option(None, callback=_positive, help="Highest plausible price."),
+                max_volume: Optional[float] = typer.Option(None, callback=_positive, help="Largest plausible volume.")):
+    "Ingest a CSV or Parquet file of bars; fails when it held rows and none could be stored."
+    from dataclasses import replace
+    from bifrost.commands.common import fail
+    from bifrost.core import LiveClock
+    from bifrost.data.ingest import ingest
     from bifrost.data.sources import FeedSpec, FileSource
-    _ingest(FileSource(path, FeedSpec(symbol.strip().upper(), bar_size, basis.value, session.value), vendor), full)
+    from bifrost.data.validate import Bounds
+    given = {k: v for k, v in (("min_price", min_price), ("max_price", max_price), ("max_volume", max_volume))
+             if v is not None}
+    try:
+        bounds = replace(Bounds(), **given)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="'--min-price' / '--max-price'") from err
+    source = FileSource(path, FeedSpec(symbol.strip().upper(), bar_size, basis.value, session.value), vendor,
+                        factor_file=factor_file, map_file=map_file)
+    report = ingest(open_store(), source, full=full, clock=LiveClock(), bounds=bounds)
+    report_ingest(report)
+    read = sum(f.rows_in - f.reasons.get("malformed_line", 0) for f in report.feeds)
+    if read and not report.written:
+        fail(f"{read:,} rows read from {path.name}, none stored: every one was quarantined",
+             hint="see why with `bifrost data quarantine`; fix the file (or --basis, --min-price/--max-price, "
+                  "--max-volume) and ingest again")
 
 @ingest_app.command("yfinance")
 def ingest_yfinance(tickers: list[str], bar_size: str = _BAR, full: bool = typer.Option(False)):
