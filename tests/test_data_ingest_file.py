@@ -91,3 +91,17 @@ def test_every_row_quarantined_when_ingested_then_exit_1_and_bounds_are_flags(tm
     for bad in (["--min-price", "5", "--max-price", "1"], ["--max-volume", "-1"]):
         usage = run(tmp_path, "ingest", "file", str(path), "--symbol", "SPY", "--basis", "raw", *bad)
         assert usage.returncode == 2 and ("--min-price" in usage.stderr or "--max-volume" in usage.stderr), usage.stderr
+
+
+def test_spoiled_user_file_when_ingested_split_adjusted_then_bad_rows_quarantined_with_reasons(tmp_path, zipline_csv):
+    "A NaN high, a negative low and a row repeated at the end (out of order): quarantined, never a traceback."
+    df = pd.read_csv(zipline_csv)
+    df.loc[5, "high"] = float("nan")
+    df.loc[9, "low"] = -3.0
+    path = tmp_path / "my_aapl.csv"
+    pd.concat([df, df.iloc[[20]]]).to_csv(path, index=False)
+    out = run(tmp_path, "ingest", "file", str(path), "--symbol", "MYAPL", "--basis", "split")
+    assert out.returncode == 0 and "752 bars written, 3 rows quarantined" in out.stdout, out.stdout + out.stderr
+    q = store_of(tmp_path).query("SELECT row_ref, reason FROM quarantine ORDER BY row_ref")
+    assert dict(zip(q.row_ref, q.reason)) == {"my_aapl.csv:7": "nan_price", "my_aapl.csv:11": "non_positive_price",
+                                              "my_aapl.csv:756": "out_of_order"}
