@@ -441,3 +441,29 @@ def test_session_when_done_or_failed_then_its_audit_head_is_anchored_outside_the
         trade_session(spy_daily, "acct", DAILY_DAYS[1], costs=EXACT, clock=clock, broker=dies, progress=False)
     assert spy_daily.scalar("SELECT status FROM trading_sessions WHERE session = ?", [DAILY_DAYS[1]]) == "failed"
     assert _head_anchored(spy_daily) and AuditTrail(spy_daily).verify().ok
+
+
+def test_trade_cli_when_daily_then_own_bar_size_by_default_and_refusals_are_one_paragraph(spy_daily, tmp_path):
+    url = spy_daily.url
+    spy_daily.close()
+    env = {**os.environ, "BIFROST_DB_URL": url, "BIFROST_HOME": str(tmp_path)}
+    cli = lambda *a: subprocess.run([str(Path(sys.executable).with_name("bifrost")), "trade", "acct", *a], env=env,
+                                    capture_output=True, text=True, timeout=300)
+    first = ("--strategy", "sma", "--symbols", "SPY")
+    refusals = [(cli("--session", "2013-10-07", *first, "--bar-size", "1min"), 1, "was built for 1d bars, not 1min",
+                 "leave --bar-size out"),
+                (cli("--session", "1998-01-05", *first), 1, "decides on 5 1d bars", "bifrost ingest"),
+                (cli("--session", "2013-10-08"), 1, "no earlier session", "--strategy NAME --symbols"),
+                (cli("--session", "2013-10-07", "--strategy", "sma", "--symbols", "NOPE"), 2, "NOPE", "--help")]
+    for run, code, message, hint in refusals:
+        err = run.stderr.strip()
+        assert run.returncode == code and "Traceback" not in run.stdout + err, err
+        assert err.startswith("error:") and message in err and hint in err and "\n\n" not in err, err
+    s = connect(url)
+    assert s.scalar("SELECT count(*) FROM trading_sessions") == 0 and s.scalar("SELECT count(*) FROM orders") == 0
+    s.close()
+    done = cli("--session", "2013-10-07", *first, "--extended-hours")
+    assert done.returncode == 0 and "1 orders, 1 fills" in done.stdout and done.stdout.rstrip().endswith("done"), \
+        done.stdout + done.stderr
+    info = json.loads(connect(url).scalar("SELECT summary FROM trading_sessions"))
+    assert info["bar_size"] == "1d" and info["extended_hours"] is True
