@@ -164,25 +164,14 @@ def check_lookahead_cmd(strategy: str = typer.Argument(..., help="sma_cross, mom
 @research_app.command("report")
 def report(run_id: str, output: Path = typer.Option(Path("report.html"), "-o", "--output", dir_okay=False),
            uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: the local store).")):
-    "Write the HTML tear sheet of a tracked run."
-    import tempfile
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-    from bifrost.analytics.tearsheet import PerformanceInput, tear_sheet
-    from bifrost.strategy.tracking import tracking_uri
-    client = MlflowClient(tracking_uri(uri))
+    "Write the HTML tear sheet of a tracked run: its equity and, for a backtest, its trades and fills."
+    from bifrost.strategy.api import StrategyError
+    from bifrost.strategy.tracking import run_tear_sheet
     try:
-        run = client.get_run(run_id)
-        with tempfile.TemporaryDirectory() as d:
-            equity = pd.read_csv(client.download_artifacts(run_id, "equity.csv", d), index_col=0,
-                                 parse_dates=True).iloc[:, 0]
-    except (MlflowException, OSError) as err:
-        raise typer.BadParameter(f"no tracked run {run_id!r} with an equity curve ({str(err).splitlines()[0]}); "
-                                 "run ids are printed by `bifrost backtest --track`", param_hint="'RUN_ID'") from None
-    title = run.info.run_name or run_id
-    path = tear_sheet(PerformanceInput.from_nav(equity, title=title), path=output)
-    typer.echo(f"tear sheet of {title} written to {path}")
+        path = run_tear_sheet(run_id, output, uri)
+    except StrategyError as err:  # an unknown run id is a mistake in what was typed
+        raise typer.BadParameter(f"{err}; {err.hint}", param_hint="'RUN_ID'") from None
+    typer.echo(f"tear sheet of run {run_id} written to {path}")
 
 # %% ../../nbs/13c_commands.research.ipynb #6935a112
 class Stage(str, Enum):
