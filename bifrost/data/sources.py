@@ -404,19 +404,19 @@ def _scan_csv(path: Path, kind: str, spec: FeedSpec) -> _Scan:
     survey = (f"SELECT count(*), count(*) FILTER (WHERE {offset}), list({t}) FILTER (WHERE {event}), "
               f"list({num(split_col) if split_col else 'NULL'}) FILTER (WHERE {event}), "
               f"list({num(div_col) if div_col else 'NULL'}) FILTER (WHERE {event}) FROM {src} WHERE {every}")
-    con = _reader()
+    con = _reader()  # kept open for the rows: a connection costs more than a small file's survey
     try:
         n, n_offset, when, split, dividend = con.execute(survey).fetchall()[0]  # all: fetchone leaves no reject_errors
         rejects = con.execute("""SELECT line, string_agg(DISTINCT error_type || ': ' || error_message, '; ') AS detail,
                                         min(csv_line) AS raw
                                  FROM reject_errors GROUP BY line ORDER BY line""").df()
     except duckdb.Error as err:
+        con.close()
         raise DataError(f"{path} cannot be read as CSV: {str(err).splitlines()[0]}",
                         hint="check that it is a comma-separated text file with one header line") from err
-    finally:
-        con.close()
     rejects["detail"] = rejects.detail.str.replace(r"\s+", " ", regex=True).str.slice(0, 300)
     if not n and not len(rejects):
+        con.close()
         raise DataError(f"{path} has a header and no rows", hint="nothing to ingest: check that the export finished")
     majority = n_offset * 2 >= n if 0 < n_offset < n else None
     found = pd.DataFrame({"date": pd.Series(when or [], dtype=object)})
@@ -428,7 +428,6 @@ def _scan_csv(path: Path, kind: str, spec: FeedSpec) -> _Scan:
     select = ", ".join([f'{col[tcol]} AS "{tcol}"'] + [f"{num(col[c])} AS {c}" for c in _BAR_COLUMNS])
 
     def chunks(rows: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
-        con = _reader()
         try:
             reader, first = con.sql(f"SELECT {select} FROM {src} WHERE {every}").to_arrow_reader(rows), 0
             for batch in reader:
