@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import re
-import weakref
+import atexit
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -183,8 +183,16 @@ class AnchorLog:
 _COLUMNS = ["seq", "ts", "kind", "account", "subject", "payload", "prev_hash", "hash"]
 _HOME = "home"  # AuditTrail's default: anchors in the settings' home
 
+_PENDING: set = set()  # publishers holding a record not yet anchored: flushed at their next use, or at exit
+
+@atexit.register
+def _last_chance() -> None:
+    "At exit, publish what is still pending (e.g. `bifrost kill on`: appended in a transaction, then done)."
+    for publisher in list(_PENDING):
+        publisher.last_chance()
+
 class _Publisher:
-    "Publishes anchors of committed records; apart from the trail, so a record still pending is published when the trail goes."
+    "Publishes anchors of committed records; a record appended inside a caller's transaction waits here until seen committed."
 
     def __init__(self, store: Store, anchors: AnchorLog | str | None):
         self.store, self._anchors = store, anchors  # an AnchorLog, "home" (found on first use), or None: none
@@ -206,15 +214,17 @@ class _Publisher:
         if record is None or self.store._in_tx:
             return
         self.pending = None
+        _PENDING.discard(self)
         got = self.store.query("SELECT hash FROM audit_log WHERE seq = ?", [record.seq])
         if not got.empty and got.hash.iat[0] == record.hash:
             self.publish(record)
 
     def last_chance(self) -> None:
-        "When the trail is collected or the process exits: best effort, as the next anchor pins this record anyway."
+        "At exit: best effort, as the next anchor pins this record anyway."
+        # never from the garbage collector: it may run in the middle of another query on the same DuckDB connection
         try:
             self.flush()
-        except Exception:  # noqa: BLE001 - at exit or in a collector nothing may escape; the record itself is safe
+        except Exception:  # noqa: BLE001 - at exit nothing may escape; the record itself is safe
             pass
 
 class AuditTrail:
@@ -223,7 +233,6 @@ class AuditTrail:
     def __init__(self, store: Store, anchors: AnchorLog | str | None = _HOME):
         self.store = store
         self._publisher = _Publisher(store, anchors)
-        weakref.finalize(self, self._publisher.last_chance)  # e.g. `bifrost kill on`: appended in a transaction, then done
 
     @property
     def anchors(self) -> AnchorLog | None:
@@ -251,6 +260,7 @@ class AuditTrail:
         record = AuditRecord(seq, ts, kind, account, subject, body, prev, h)
         if joined:  # the caller's transaction may still roll back: anchor it once it is seen committed
             self._publisher.pending = record
+            _PENDING.add(self._publisher)
         else:
             self._publisher.publish(record)
         return record

@@ -396,15 +396,18 @@ def test_secure_audit_log_is_postgresql_only(duck):
     assert not audit_guard(duck).guarded and "DuckDB" in str(audit_guard(duck))
 
 
-def test_an_append_inside_a_callers_transaction_is_anchored_when_the_trail_goes(duck):
-    import gc
-    audit = AuditTrail(duck)
-    with duck.transaction():
-        audit.append("control.kill_switch", "*", "kill_switch", {"on": True}, T0)
-    anchors = audit.anchors
-    del audit
-    gc.collect()
-    assert [a.seq for a in anchors.read()[0]] == [1]
+def test_an_append_inside_a_callers_transaction_is_anchored_at_exit_not_by_the_collector(tmp_path, bifrost_home):
+    url = f"duckdb:///{tmp_path}/x.duckdb"
+    script = ("import gc, sys; from datetime import datetime, timezone; from bifrost.audit import AuditTrail; "
+              "from bifrost.store import connect; s = connect(sys.argv[1]); a = AuditTrail(s)\n"
+              "with s.transaction(): a.append('control.kill_switch', '*', 'kill_switch', {'on': True}, "
+              "datetime(2024, 1, 2, tzinfo=timezone.utc))\n"
+              "anchors = a.anchors; del a; gc.collect(); print(len(anchors.read()[0]))")  # the collector publishes nothing
+    env = {**os.environ, "BIFROST_HOME": str(bifrost_home)}
+    out = subprocess.run([sys.executable, "-c", script, url], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stdout + out.stderr
+    report = AuditTrail(connect(url)).verify()  # ... and the exit did
+    assert report.ok and (report.records, report.anchored) == (1, 1), str(report)
 
 
 def test_bifrost_kill_on_leaves_its_record_anchored(tmp_path, bifrost_home):
