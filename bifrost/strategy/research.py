@@ -152,8 +152,30 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None) -> int:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            _start_local_ray(ray, num_cpus)
     return int(ray.cluster_resources().get("CPU", 1))
+
+def _start_local_ray(ray, num_cpus: int | None, attempts: int = 3) -> None:
+    "Start a local Ray, again if its start timed out, after stopping the processes the failed start left behind."
+    # Ray 2.60 waits a fixed 30 s for its raylet to register (no setting changes it); a busy 2-core machine misses it
+    import psutil
+    me = psutil.Process()
+    for attempt in range(1, attempts + 1):
+        before = {p.pid for p in me.children(recursive=True)}
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as err:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(err) or attempt == attempts:
+                raise
+            logging.getLogger(__name__).warning("Ray's start timed out (attempt %d of %d): trying again", attempt,
+                                                attempts)
+            ray.shutdown()
+            left = [p for p in me.children(recursive=True) if p.pid not in before]
+            for p in left:
+                p.terminate()
+            for p in psutil.wait_procs(left, timeout=10)[1]:
+                p.kill()
 
 # %% ../../nbs/08d_strategy.research.ipynb #e1af5fb6
 @contextlib.contextmanager
