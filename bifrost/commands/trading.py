@@ -322,15 +322,20 @@ def _head(value: str | None) -> str | None:
 
 @audit_app.command("verify")
 def audit_verify(expect_head: Optional[str] = typer.Option(None, callback=_head,
-                                                           help="SEQ:HASH printed by an earlier verify.")):
-    "Recompute the hash chain; exit 1 and say where if any record was edited, deleted or reordered."
-    from bifrost.audit import AuditTrail
+                                                           help="SEQ:HASH printed by an earlier verify (holds while "
+                                                                "the trail grows).")):
+    "Recompute the hash chain and check it against its anchors; exit 1 and say where if anything was edited, "
+    "deleted, reordered, cut off or rewritten."
+    from bifrost.audit import AuditTrail, audit_guard
     head = None
     if expect_head:
         seq, _, h = expect_head.partition(":")
         head = (int(seq), h)
-    report = AuditTrail(open_store(read_only=True)).verify(expect_head=head)
+    store = open_store(read_only=True)
+    report = AuditTrail(store).verify(expect_head=head)
     typer.echo(str(report))
+    if store.dialect == "postgresql":  # whether the role we connect as could rewrite the trail behind its triggers
+        typer.echo(str(audit_guard(store)))
     if not report.ok:
         raise typer.Exit(1)
     typer.echo(f"head: {report.head_seq}:{report.head_hash}")
