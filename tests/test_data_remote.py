@@ -148,7 +148,7 @@ def test_yfinance_fetch_when_since_then_asks_from_the_next_day_and_gets_only_new
 def test_yfinance_fetch_when_nothing_newer_then_an_empty_raw_feed():
     replay = YahooReplay({"EWG": json.loads(FIXTURE.read_text())})
     feed = YFinanceSource("EWG", http=replay).fetch(ewg_spec(), pd.Timestamp("2024-08-21", tz="UTC"))
-    assert len(feed.bars) == 0 and list(feed.bars.columns) == COLS + ["row_ref"]
+    assert len(feed.bars) == 0 and list(feed.bars.columns) == COLS + ["row_ref", "ts_note"]
     assert feed.spec.basis == "raw"
 
 

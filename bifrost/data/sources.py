@@ -134,7 +134,8 @@ def _parse_ts(col: pd.Series, spec: FeedSpec, offset_majority: bool | None = Non
     note = pd.Series(None, index=col.index, dtype=object)
     if isinstance(col.dtype, pd.DatetimeTZDtype):  # typed Parquet, yfinance: the zone is the column's
         instant = col.dt.tz_convert("UTC")
-        ts = _session_date(col.dt.tz_localize(None), instant, spec) if daily else instant
+        ts = (_session_date(col.dt.tz_localize(None), instant, spec) if daily else instant
+              ).astype("datetime64[us, UTC]")  # one resolution, whatever the reader's
         return ts, note.where(ts.notna(), "timestamp missing")
     if pd.api.types.is_datetime64_dtype(col):
         naive, offset, text = col, pd.Series(False, index=col.index), col.astype("string")
