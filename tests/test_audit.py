@@ -419,3 +419,19 @@ def test_bifrost_kill_on_leaves_its_record_anchored(tmp_path, bifrost_home):
     assert out.returncode == 0, out.stdout + out.stderr
     report = AuditTrail(connect(url)).verify()
     assert report.ok and (report.records, report.anchored) == (1, 1), str(report)
+
+
+def test_bifrost_db_migrate_guards_the_trail_for_the_role_bifrost_connects_as(pg_app, bifrost_home):
+    url, app_url, app, _ = pg_app
+    bifrost = str(Path(sys.executable).with_name("bifrost"))
+    def run(store_url, *args):
+        env = {**os.environ, "BIFROST_HOME": str(bifrost_home), "BIFROST_DB_URL": store_url}
+        return subprocess.run([bifrost, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert run(app_url, "db", "migrate").returncode == 0  # Bifrost's role makes its schema: it owns every table
+    assert "NOT guarded" in run(app_url, "audit", "verify").stdout
+    out = run(url, "db", "migrate", "--audit-app-role", app)  # an administrator hands the trail over
+    assert out.returncode == 0 and f"{app} may only SELECT and INSERT" in out.stdout, out.stdout + out.stderr
+    verify = run(app_url, "audit", "verify")
+    assert verify.returncode == 0 and "NOT guarded" not in verify.stdout, verify.stdout + verify.stderr
+    duck = run(f"duckdb:///{bifrost_home}/d.duckdb", "db", "migrate", "--audit-app-role", app)
+    assert duck.returncode == 2 and "only PostgreSQL" in duck.stderr + duck.stdout

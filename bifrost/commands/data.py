@@ -40,13 +40,23 @@ def config_show():
                              + [{"setting": "(store)", "value": mask_url(s.store_url), "from": "db_url or home"}]))
 
 @db_app.command("migrate")
-def db_migrate():
-    "Create or upgrade the store's schema."
+def db_migrate(audit_app_role: Optional[str] = typer.Option(
+        None, help="PostgreSQL, run as an administrator: the role Bifrost connects as, left only SELECT and INSERT on "
+                   "the audit trail, whose table goes to a role nobody logs in as.")):
+    "Create or upgrade the store's schema (and, with --audit-app-role, guard the audit trail on PostgreSQL)."
     from bifrost.core import load_settings
     from bifrost.store import connect
     store = connect(load_settings().store_url, migrate=False)
+    if audit_app_role and store.dialect != "postgresql":
+        raise typer.BadParameter("only PostgreSQL has roles to guard the audit table; a DuckDB trail is guarded by "
+                                 "its chain and anchors (bifrost audit verify)", param_hint="'--audit-app-role'")
     applied = store.migrate()
     typer.echo(f"applied migrations {applied}" if applied else f"schema already at version {store.version()}")
+    if audit_app_role:
+        from bifrost.audit import secure_audit_log
+        for step in secure_audit_log(store, audit_app_role):
+            typer.echo(step)
+        typer.echo(f"audit trail: {audit_app_role} may only SELECT and INSERT")
 
 @db_app.command("status")
 def db_status():
