@@ -146,8 +146,8 @@ class _FeedWriter:
                                                 bounds=self.bounds, now=self.now, listed_splits=self.feed.splits)
         return self.validators[sym]
 
-    def push(self, chunk: Feed) -> None:
-        "Judge and write one chunk of the feed."
+    def push(self, chunk: Feed, last: bool = False) -> None:
+        "Judge and write one chunk of the feed (`last`: no chunk follows, so nothing need wait for one)."
         bars = chunk.bars
         self.rows_in += len(bars) + len(chunk.rejects)
         if len(chunk.rejects):
@@ -168,7 +168,7 @@ class _FeedWriter:
                                               detail=f"ticker {self.spec.ticker} belonged to no instrument in the master on "
                                                      + unmapped.ts.dt.strftime("%Y-%m-%d") + " (an earlier issuer used it)"))
         for sym in symbol.dropna().unique():
-            good, bad = self._validator(sym).push(bars[(symbol == sym).to_numpy()])
+            good, bad = self._validator(sym).push(bars[(symbol == sym).to_numpy()], last=last)
             self._write(good.assign(symbol=sym), bad.assign(symbol=sym))
 
     def finish(self) -> FeedResult:
@@ -215,9 +215,11 @@ def ingest_feed(store: Store, feed_id: str, feed: Feed | Iterable[Feed], clock: 
     try:
         with store.transaction():
             writer = _FeedWriter(store, first, clock, bounds)
-            for chunk in itertools.chain([first], chunks):
-                writer.push(chunk)
-                bar.update(len(chunk.bars) + len(chunk.rejects))
+            ahead = first  # one chunk read ahead: the last is judged as such, with nothing held for a next one
+            for chunk in itertools.chain(chunks, [None]):
+                writer.push(ahead, last=chunk is None)
+                bar.update(len(ahead.bars) + len(ahead.rejects))
+                ahead = chunk
             result = writer.finish()
             store.upsert("ingestions", pd.DataFrame({
                 "id": [uuid.uuid4().hex], "source": feed_id, "symbol": ",".join(result.symbols) or None,

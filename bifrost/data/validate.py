@@ -208,6 +208,8 @@ class BarValidator:
 
     def finish(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         "Judge what is still held: the feed has ended."
+        if self._held is None and self._pending is None and self._empty is not None:  # the last chunk said so
+            return self._empty, self._empty.assign(reason="", detail="")
         return self.push(None, last=True)
 
     def push(self, frame: pd.DataFrame | None, last: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
