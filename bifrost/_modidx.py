@@ -1289,6 +1289,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'bifrost.execution.oms.OMS.status': ('execution.oms.html#oms.status', 'bifrost/execution/oms.py'),
                                        'bifrost.execution.oms.OMS.submit': ('execution.oms.html#oms.submit', 'bifrost/execution/oms.py'),
                                        'bifrost.execution.oms.OMS.sync': ('execution.oms.html#oms.sync', 'bifrost/execution/oms.py'),
+                                       'bifrost.execution.oms._SwitchedOff': ( 'execution.oms.html#_switchedoff',
+                                                                               'bifrost/execution/oms.py'),
                                        'bifrost.execution.oms._read_switch': ( 'execution.oms.html#_read_switch',
                                                                                'bifrost/execution/oms.py'),
                                        'bifrost.execution.oms._record_switch': ( 'execution.oms.html#_record_switch',

@@ -135,6 +135,9 @@ def kill_switch_on(store: Store) -> bool:
     return kill_switch(store)["on"]
 
 # %% ../../nbs/06c_execution.oms.ipynb #069bb419
+class _SwitchedOff(Exception):
+    "The kill switch went on between the gate and the commit."
+
 _S = OrderStatus
 _RETRY = RetryPolicy()
 _AS_OPEN = {_S.NEW: _S.ACCEPTED, _S.PENDING_SUBMIT: _S.ACCEPTED}  # the broker has it: for us it is accepted
@@ -242,7 +245,13 @@ class OMS:
         try:
             with self.store.transaction():  # the decision, the audit record and the order row: one short commit
                 self.journal.decide(decision, self.account, now)
+                # the audit append holds the trail's lock to the commit, and the switch is audited under it: a switch
+                # set since the gate asked is seen here, so no order is persisted after the switch's own record
+                if decision.approved and kill_switch_on(self.store):
+                    raise _SwitchedOff
                 self.journal.create(rec, detail)
+        except _SwitchedOff:  # rolled back: asked again, the gate's controls now refuse it
+            return self.submit(order, strategy=strategy, parent_id=parent_id)
         except Exception:  # most often a client order id used before (another run): its primary key says so
             known = self.journal.get(order.client_order_id)
             if known is None:
