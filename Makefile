@@ -35,7 +35,7 @@ sync-check: $(STAMP)
 
 test: SHELL := /bin/bash
 test: sync-check $(CHROMIUM)
-	BIFROST_HOME=$$(mktemp -d) $(BIN)/pytest tests nbs pipelines dashboards --nbval-lax --durations=25 -n 2 --dist loadfile
+	BIFROST_HOME=$$(mktemp -d) $(BIN)/pytest tests nbs pipelines dashboards --nbval-lax --durations=25 -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV)
