@@ -131,14 +131,21 @@ def dashboard(account: str = typer.Option(..., help="The account to watch."), po
 
 # %% ../../nbs/13f_commands.ops.ipynb #ec10d452
 @ops_app.command("bench")
-def bench(name: str = typer.Argument(..., help="ingest, backtest, risk, execution, signals, cli, ..."),
-          as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+def bench(name: str = typer.Argument(..., help="ingest, backtest, risk, execution, signals, cli, ... or all"),
+          as_json: bool = typer.Option(False, "--json", help="Print one JSON object (one per line with `all`)."),
           quick: bool = typer.Option(False, help="A smaller run.")):
-    "Run a benchmark: ratios against a reference measured in the same run."
-    import bifrost.clibench  # noqa: F401  registers `cli`
-    from bifrost.bench import BENCHES, run_bench
-    if name not in BENCHES:
-        raise typer.BadParameter(f"no benchmark {name!r}; benchmarks: {', '.join(sorted(BENCHES))}",
+    "Run a benchmark: ratios against a reference measured in the same run, each beside its aim."
+    from bifrost.bench import load_benches, run_all, run_bench
+    known = load_benches()
+    if name != "all" and name not in known:
+        raise typer.BadParameter(f"no benchmark {name!r}; benchmarks: {', '.join(sorted(known))}, or all",
                                  param_hint="'NAME'")
-    result = run_bench(name, quick=quick)
-    typer.echo(result.to_json() if as_json else result.table())
+    if name != "all":
+        result = run_bench(name, quick=quick)
+        typer.echo(result.to_json() if as_json else result.table())
+        return
+    results, missed = run_all(quick=quick, progress=None if as_json else lambda b: typer.echo(f"== {b} ...", err=True))
+    for result in results:
+        typer.echo(result.to_json() if as_json else result.table() + "\n")
+    if not as_json:
+        typer.echo("aims missed:" + ("".join(f"\n  {m}" for m in missed) if missed else " none"))
