@@ -1,9 +1,7 @@
 """Every example strategy trades identically in the vectorised and backtrader engines on shipped data."""
 import pytest
+from conftest import sample_copy
 
-from bifrost.data.ingest import ingest
-from bifrost.data.sources import SampleSource
-from bifrost.store import connect
 from bifrost.strategy.api import Costs, MeanReversion, Momentum, Panel, SmaCross
 from bifrost.strategy.backtrader import parity, run_backtrader
 from bifrost.strategy.vector import run_vectorized
@@ -13,9 +11,7 @@ COSTS = Costs(commission_bps=0.5, per_share=0.005, minimum=1.0, slippage_bps=2.0
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    s = connect(f"duckdb:///{tmp_path_factory.mktemp('parity')}/p.duckdb")
-    ingest(s, SampleSource(), progress=False)
-    return s
+    return sample_copy(tmp_path_factory.mktemp("parity"))
 
 
 CASES = {
