@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import re
-import atexit
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -58,6 +57,8 @@ def canonical_json(payload: Mapping) -> str:
         raise AuditError(f"cannot record a NaN or infinite number in an audit payload: {err}") from err
 
 def _ts_text(ts) -> str:
+    if isinstance(ts, datetime) and ts.tzinfo is not None and not isinstance(ts, pd.Timestamp):
+        return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the common case, without pandas
     return pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 def record_hash(seq: int, ts, kind: str, account: str, subject: str, payload: str, prev_hash: str,
@@ -182,21 +183,18 @@ class AnchorLog:
 # %% ../nbs/01b_audit.ipynb #c842f1e2
 _COLUMNS = ["seq", "ts", "kind", "account", "subject", "payload", "prev_hash", "hash"]
 _HOME = "home"  # AuditTrail's default: anchors in the settings' home
+_INSERT = "INSERT INTO audit_log (seq, ts, kind, account, subject, payload, prev_hash, hash) VALUES "
 
-_PENDING: set = set()  # publishers holding a record not yet anchored: flushed at their next use, or at exit
-
-@atexit.register
-def _last_chance() -> None:
-    "At exit, publish what is still pending (e.g. `bifrost kill on`: appended in a transaction, then done)."
-    for publisher in list(_PENDING):
-        publisher.last_chance()
+# The chain's head of each DuckDB file, as the last appender in this process left it: (seq, hash). A DuckDB file
+# has one writing process, and no other process can open it while this one holds a connection to it, so a head
+# kept while the connection stayed open is the head (PostgreSQL, with writers everywhere, reads it every time).
+_HEADS: dict[str, tuple[int, str]] = {}
 
 class _Publisher:
-    "Publishes anchors of committed records; a record appended inside a caller's transaction waits here until seen committed."
+    "Publishes the anchor of a committed record; one appended inside a caller's transaction, once that commits."
 
     def __init__(self, store: Store, anchors: AnchorLog | str | None):
         self.store, self._anchors = store, anchors  # an AnchorLog, "home" (found on first use), or None: none
-        self.pending: AuditRecord | None = None     # appended inside a caller's transaction, not yet anchored
 
     @property
     def anchors(self) -> AnchorLog | None:
@@ -208,68 +206,68 @@ class _Publisher:
         if self.anchors is not None:
             self.anchors.publish(record.seq, record.hash, record.ts)
 
-    def flush(self) -> None:
-        "Publish the pending record's anchor if its transaction has ended and committed it (outside a transaction only)."
-        record = self.pending
-        if record is None or self.store._in_tx:
-            return
-        self.pending = None
-        _PENDING.discard(self)
-        got = self.store.query("SELECT hash FROM audit_log WHERE seq = ?", [record.seq])
-        if not got.empty and got.hash.iat[0] == record.hash:
-            self.publish(record)
-
-    def last_chance(self) -> None:
-        "At exit: best effort, as the next anchor pins this record anyway."
-        # never from the garbage collector: it may run in the middle of another query on the same DuckDB connection
-        try:
-            self.flush()
-        except Exception:  # noqa: BLE001 - at exit nothing may escape; the record itself is safe
-            pass
-
 class AuditTrail:
     "The store's audit trail: `append` records, `records` reads them back, `verify` checks chain and anchors."
 
     def __init__(self, store: Store, anchors: AnchorLog | str | None = _HOME):
         self.store = store
         self._publisher = _Publisher(store, anchors)
+        self._key = str(Path(store.path).resolve()) if store.dialect == "duckdb" else None
+        self._epoch = -1  # the store's connection this trail last saw the head through
 
     @property
     def anchors(self) -> AnchorLog | None:
         "Where this trail's anchors are published and read (None: nowhere)."
         return self._publisher.anchors
 
+    def _head(self) -> tuple[int, str]:
+        "The last record's (seq, hash): from memory while this process held the DuckDB file throughout, else read."
+        st = self.store
+        if self._key is not None and st._con is not None and self._epoch == st.epoch and self._key in _HEADS:
+            return _HEADS[self._key]
+        if st.dialect == "postgresql":  # one chain per schema: appenders queue here; readers are not blocked
+            st.execute("SELECT pg_advisory_xact_lock('audit_log'::regclass::oid::bigint)")
+        row = st.row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        self._epoch = st.epoch
+        return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+
     def append(self, kind: str, account: str, subject: str, payload: Mapping, ts: datetime) -> AuditRecord:
         "Write one record (inside the caller's transaction, if one is open) and return it."
-        if not kind or not isinstance(kind, str):
-            raise AuditError("an audit record needs a kind, e.g. 'order.status'")
-        if ts.tzinfo is None:
-            raise AuditError(f"audit time must be timezone-aware, was {ts.isoformat()}")
-        body = canonical_json(payload)  # before the transaction: a bad payload writes nothing
-        self._publisher.flush()
-        joined = self.store._in_tx
-        with self.store.transaction():
-            if self.store.dialect == "postgresql":  # one chain per schema: appenders queue here; readers are not blocked
-                self.store.execute("SELECT pg_advisory_xact_lock('audit_log'::regclass::oid::bigint)")
-            last = self.store.query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            seq, prev = (1, GENESIS) if last.empty else (int(last.seq.iat[0]) + 1, str(last.hash.iat[0]))
-            ts = pd.Timestamp(ts).tz_convert("UTC").to_pydatetime()
-            h = record_hash(seq, ts, kind, account, subject, body, prev)
-            self.store.execute("INSERT INTO audit_log (seq, ts, kind, account, subject, payload, prev_hash, hash) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (seq, ts, kind, account, subject, body, prev, h))
-        record = AuditRecord(seq, ts, kind, account, subject, body, prev, h)
-        if joined:  # the caller's transaction may still roll back: anchor it once it is seen committed
-            self._publisher.pending = record
-            _PENDING.add(self._publisher)
-        else:
-            self._publisher.publish(record)
-        return record
+        return self.append_many([(kind, account, subject, payload, ts)])[0]
+
+    def append_many(self, entries) -> list[AuditRecord]:
+        "Write records `(kind, account, subject, payload, ts)` in order, with one statement, in one transaction."
+        todo = []
+        for kind, account, subject, payload, ts in entries:
+            if not kind or not isinstance(kind, str):
+                raise AuditError("an audit record needs a kind, e.g. 'order.status'")
+            if ts.tzinfo is None:
+                raise AuditError(f"audit time must be timezone-aware, was {ts.isoformat()}")
+            todo.append((kind, account, subject, canonical_json(payload), ts.astimezone(timezone.utc)))
+        if not todo:  # a bad payload above wrote nothing
+            return []
+        st, out = self.store, []
+        with st.transaction():
+            seq, prev = self._head()
+            for kind, account, subject, body, ts in todo:
+                seq += 1
+                h = record_hash(seq, ts, kind, account, subject, body, prev)
+                out.append(AuditRecord(seq, ts, kind, account, subject, body, prev, h))
+                prev = h
+            st.execute(_INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(out)),
+                       [v for r in out for v in (r.seq, r.ts, r.kind, r.account, r.subject, r.payload, r.prev_hash, r.hash)])
+            last = out[-1]
+            if self._key is not None:
+                _HEADS[self._key] = (last.seq, last.hash)
+                self._epoch = st.epoch
+            # anchored once committed (the last record pins the ones before it); forgotten if rolled back
+            st.after(lambda: self._publisher.publish(last), lambda: _HEADS.pop(self._key, None))
+        return out
 
     def anchor(self) -> Anchor | None:
         "Publish the committed head as an anchor (at the end of a batch, a run or a day); None if the trail is empty."
         if self.store._in_tx:
             raise AuditError("anchor() publishes committed records", hint="call it after the transaction")
-        self._publisher.flush()
         head = self.store.query("SELECT seq, hash, ts FROM audit_log ORDER BY seq DESC LIMIT 1")
         if head.empty or self.anchors is None:
             return None
@@ -281,7 +279,6 @@ class AuditTrail:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise AuditError(f"limit must be a whole number of records, 1 or more, was {limit!r}",
                              hint="e.g. --limit 50")
-        self._publisher.flush()
         where, params = [], []
         if account is not None:
             where.append("account = ?"); params.append(account)
@@ -298,7 +295,6 @@ class AuditTrail:
 
     def verify(self, expect_head: tuple[int, str] | None = None, chunk: int = 100_000) -> AuditReport:
         "Recompute the chain; report every edited record, every gap or break in the links, and every anchor it lost."
-        self._publisher.flush()
         problems: list[AuditProblem] = []
         pins: dict[int, list[tuple[str, str]]] = {}  # seq -> (hash, what pinned it): anchors and the expected head
         anchors, bad = self.anchors.read() if self.anchors is not None else ([], [])

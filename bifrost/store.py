@@ -10,6 +10,7 @@ import random
 import re
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -151,13 +152,27 @@ UPDATE strategy_promotions SET stage = 'live', reason = ltrim(substr(reason, 7))
     (10, "strategy source", """
 ALTER TABLE strategy_versions ADD COLUMN source TEXT;
 """),
+    (11, "order event kinds", """
+ALTER TABLE order_events ADD COLUMN event TEXT;
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
 
+# what a `?` outside them is not: a quoted string or identifier, a dollar-quoted body, a comment
+_SQL_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[A-Za-z_0-9]*\$).*?\1|--[^\n]*|/\*.*?\*/|\?|%", re.S)
+
+@lru_cache(maxsize=4096)
+def _pg_sql(sql: str) -> str:
+    "`?` placeholders as psycopg's `%s`, a literal `%` as `%%`; a `?` inside a string, identifier or comment stays."
+    def one(m: re.Match) -> str:
+        t = m.group(0)
+        return "%s" if t == "?" else "%%" if t == "%" else t.replace("%", "%%")
+    return _SQL_TOKENS.sub(one, sql)
+
 def _dialect_sql(sql: str, dialect: str) -> str:
-    "Spell portable SQL for `dialect`: parameters are written `?`."
-    return sql.replace("?", "%s") if dialect == "postgresql" else sql
+    "Spell portable SQL for `dialect`: parameters are written `?` (a literal `?` in a string is left alone)."
+    return _pg_sql(sql) if dialect == "postgresql" else sql
 
 # %% ../nbs/01_store.ipynb #1db0205e
 _LOCK_PATTERNS = ("could not set lock", "conflicting lock", "database is locked")
@@ -184,6 +199,8 @@ class Store:
         self.url, self.read_only = url, read_only
         self._con = None        # the open connection inside `session()` or `transaction()`
         self._in_tx = False
+        self.epoch = 0          # counts connections opened for writing: a cache of what the store holds keys on it
+        self._after: list = []  # (on_commit, on_rollback) callbacks of the open transaction
 
     # -- implemented per database -------------------------------------------------
     def _open(self, write: bool): raise NotImplementedError
@@ -191,6 +208,8 @@ class Store:
     def _bulk_upsert(self, con, table: str, frame: pd.DataFrame, key: Sequence[str], update: bool) -> None:
         raise NotImplementedError
     def _fetch_df(self, con, sql: str, params: Sequence) -> pd.DataFrame: raise NotImplementedError
+    def _fetch_rows(self, con, sql: str, params: list) -> list[tuple]: raise NotImplementedError
+    def _executemany(self, con, sql: str, rows: list[list]) -> None: raise NotImplementedError
     def _bulk_append(self, con, table: str, frame: pd.DataFrame) -> None: raise NotImplementedError
     def _has_timescale(self, con) -> bool: return False
     def _lock(self, con, name: str) -> None: raise NotImplementedError
@@ -204,6 +223,7 @@ class Store:
             return
         con = self._open(write=not self.read_only)
         self._con = con
+        self.epoch += 1
         try:
             yield
         finally:
@@ -220,16 +240,30 @@ class Store:
             raise StoreError("this store was opened read-only", hint="connect(url) without read_only=True to write")
         with self.session():
             con = self._con
-            self._in_tx = True
+            self._in_tx, self._after = True, []
             try:
                 con.execute("BEGIN")
                 yield
                 con.execute("COMMIT")
             except BaseException:
+                self._in_tx = False
                 con.execute("ROLLBACK")
+                for _, undo in self._after:
+                    if undo is not None:
+                        undo()
                 raise
             finally:
                 self._in_tx = False
+            for done, _ in self._after:
+                if done is not None:
+                    done()
+
+    def after(self, on_commit=None, on_rollback=None) -> None:
+        "Call `on_commit()` once the open transaction commits, or `on_rollback()` if it rolls back (now, outside one)."
+        if self._in_tx:
+            self._after.append((on_commit, on_rollback))
+        elif on_commit is not None:
+            on_commit()
 
     @contextmanager
     def _use(self, write: bool):
@@ -255,6 +289,22 @@ class Store:
         "Run one statement that writes (in its own transaction unless inside `transaction()`)."
         with self._use(write=True) as con:
             con.execute(_dialect_sql(sql, self.dialect), list(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        "Run one writing statement once per row of parameters (one transaction unless inside `transaction()`)."
+        if rows:
+            with self._use(write=True) as con:
+                self._executemany(con, _dialect_sql(sql, self.dialect), [list(r) for r in rows])
+
+    def rows(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        "Run a read on the raw cursor and return its rows as tuples (no DataFrame: for point reads)."
+        with self._use(write=False) as con:
+            return self._fetch_rows(con, _dialect_sql(sql, self.dialect), list(params))
+
+    def row(self, sql: str, params: Sequence = ()) -> tuple | None:
+        "The first row of a read, or None."
+        got = self.rows(sql, params)
+        return got[0] if got else None
 
     def query(self, sql: str, params: Sequence = ()) -> pd.DataFrame:
         "Run a read and return a DataFrame (timestamps tz-aware UTC)."
@@ -395,6 +445,15 @@ class DuckDBStore(Store):
         except duckdb.CatalogException as err:
             raise StoreError(str(err), hint="run `bifrost db migrate`") from err
 
+    def _fetch_rows(self, con, sql, params):
+        try:
+            return con.execute(sql, params).fetchall()
+        except duckdb.CatalogException as err:
+            raise StoreError(str(err), hint="run `bifrost db migrate`") from err
+
+    def _executemany(self, con, sql, rows):
+        con.executemany(sql, rows)
+
     def query_arrow(self, sql: str, params: Sequence = ()):
         "Run a read and return an Arrow table."
         with self._use(write=False) as con:
@@ -471,6 +530,15 @@ class PostgresStore(Store):
             elif d.type_code == 1184:  # timestamptz
                 df[c] = pd.to_datetime(df[c], utc=True)
         return df
+
+    def _fetch_rows(self, con, sql, params):
+        try:
+            return con.execute(sql, params).fetchall()
+        except psycopg.errors.UndefinedTable as err:
+            raise StoreError(str(err).splitlines()[0], hint="run `bifrost db migrate`") from err
+
+    def _executemany(self, con, sql, rows):
+        con.cursor().executemany(sql, rows)  # psycopg pipelines the rows: one round trip, not one per row
 
     def _copy(self, con, table: str, frame: pd.DataFrame) -> None:
         "COPY `frame` into `table` as CSV (timestamps as UTC text, NULL as an unquoted empty field), written by Arrow."

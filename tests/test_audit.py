@@ -396,17 +396,18 @@ def test_secure_audit_log_is_postgresql_only(duck):
     assert not audit_guard(duck).guarded and "DuckDB" in str(audit_guard(duck))
 
 
-def test_an_append_inside_a_callers_transaction_is_anchored_at_exit_not_by_the_collector(tmp_path, bifrost_home):
+def test_an_append_inside_a_callers_transaction_is_anchored_when_it_commits_not_by_the_collector(tmp_path, bifrost_home):
     url = f"duckdb:///{tmp_path}/x.duckdb"
-    script = ("import gc, sys; from datetime import datetime, timezone; from bifrost.audit import AuditTrail; "
+    script = ("import sys; from datetime import datetime, timezone; from bifrost.audit import AuditTrail; "
               "from bifrost.store import connect; s = connect(sys.argv[1]); a = AuditTrail(s)\n"
-              "with s.transaction(): a.append('control.kill_switch', '*', 'kill_switch', {'on': True}, "
-              "datetime(2024, 1, 2, tzinfo=timezone.utc))\n"
-              "anchors = a.anchors; del a; gc.collect(); print(len(anchors.read()[0]))")  # the collector publishes nothing
+              "with s.transaction():\n"
+              "    a.append('control.kill_switch', '*', 'kill_switch', {'on': True}, datetime(2024, 1, 2, tzinfo=timezone.utc))\n"
+              "    inside = len(a.anchors.read()[0])\n"
+              "print(inside, len(a.anchors.read()[0]))")
     env = {**os.environ, "BIFROST_HOME": str(bifrost_home)}
     out = subprocess.run([sys.executable, "-c", script, url], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "0", out.stdout + out.stderr
-    report = AuditTrail(connect(url)).verify()  # ... and the exit did
+    assert out.returncode == 0 and out.stdout.split() == ["0", "1"], out.stdout + out.stderr  # none before the commit
+    report = AuditTrail(connect(url)).verify()
     assert report.ok and (report.records, report.anchored) == (1, 1), str(report)
 
 
@@ -435,3 +436,21 @@ def test_bifrost_db_migrate_guards_the_trail_for_the_role_bifrost_connects_as(pg
     assert verify.returncode == 0 and "NOT guarded" not in verify.stdout, verify.stdout + verify.stderr
     duck = run(f"duckdb:///{bifrost_home}/d.duckdb", "db", "migrate", "--audit-app-role", app)
     assert duck.returncode == 2 and "only PostgreSQL" in duck.stderr + duck.stdout
+
+
+def test_append_many_is_one_chain_and_the_head_held_in_memory_survives_a_rollback(store):
+    audit = AuditTrail(store)
+    with store.session():
+        fill_trail(audit, 2)
+        recs = audit.append_many([("order.decision", "a", "c-1", {"approved": True}, T0),
+                                  ("order.status", "a", "c-1", {"to": "pending_submit"}, T0)])
+        assert [r.seq for r in recs] == [3, 4] and recs[1].prev_hash == recs[0].hash
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                audit.append("order.status", "a", "c-1", {"to": "filled"}, T0)
+                raise RuntimeError("rolled back")
+        other = AuditTrail(store)  # a second trail object in this process continues the same chain
+        assert other.append("order.status", "a", "c-1", {"to": "accepted"}, T0).seq == 5
+        assert audit.append("order.status", "a", "c-1", {"to": "filled"}, T0).seq == 6
+    report = audit.verify()
+    assert report.ok and report.records == 6 and report.anchored == 6, str(report)

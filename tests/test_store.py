@@ -12,6 +12,9 @@ from conftest import make_ingestion as ingestion
 
 from bifrost.core import MigrationError, StoreError
 from bifrost.store import LATEST_VERSION, MIGRATIONS, DuckDBStore, PostgresStore, connect
+from datetime import UTC, datetime
+
+T_SET = datetime(2024, 1, 2, 15, tzinfo=UTC)
 
 TABLES = {  # every table of the schema, with its key
     "instruments": ["symbol"],
@@ -362,3 +365,26 @@ def test_connect_when_url_is_unsupported_then_raises_store_error():
 def test_connect_when_postgres_schema_is_not_an_identifier_then_refuses():
     with pytest.raises(StoreError, match="identifier"):
         connect(f"{PG_URL}?schema=x;drop", migrate=False)
+
+
+def test_point_reads_return_tuples_and_a_literal_question_mark_or_percent_is_not_a_placeholder(store):
+    store.executemany("INSERT INTO trading_controls (name, value, set_at, reason) VALUES (?, ?, ?, ?)",
+                      [["q1", "is it?", T_SET, "100% sure"], ["q2", "no", T_SET, "?"]])
+    rows = store.rows("SELECT name, value, reason, 'why?' AS w FROM trading_controls "
+                      "WHERE name LIKE 'q%' AND value <> ? ORDER BY name", ["x"])
+    assert rows == [("q1", "is it?", "100% sure", "why?"), ("q2", "no", "?", "why?")]
+    assert store.row("SELECT value FROM trading_controls WHERE name = ?", ["q2"]) == ("no",)
+    assert store.row("SELECT value FROM trading_controls WHERE name = ?", ["none"]) is None
+
+
+def test_after_runs_on_commit_or_on_rollback_of_the_open_transaction(store):
+    seen = []
+    with store.transaction():
+        store.after(lambda: seen.append("committed"), lambda: seen.append("rolled back"))
+        assert seen == []
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.after(lambda: seen.append("committed"), lambda: seen.append("rolled back"))
+            raise RuntimeError
+    store.after(lambda: seen.append("now"))  # outside a transaction: at once
+    assert seen == ["committed", "rolled back", "now"]
