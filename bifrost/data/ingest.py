@@ -31,24 +31,22 @@ def load_reference(store: Store, source: Source) -> None:
         if len(ref.ticker_history):
             th = ref.ticker_history.assign(source=source.name)
             store.upsert("ticker_history", th, ["ticker", "valid_from"])
-            _ensure_instruments(store, th.symbol.unique(), FeedSpec("X"))
+            _ensure_instruments(store, th.symbol.unique())
         if len(ref.corporate_actions):
             store.upsert("corporate_actions", ref.corporate_actions.assign(source=source.name),
                          ["symbol", "ex_date", "kind"])
 
-def _ensure_instruments(store: Store, symbols, spec: FeedSpec) -> None:
+def _ensure_instruments(store: Store, symbols) -> None:
+    "File the symbols a reference file names (as equities on XNYS until a feed of theirs says otherwise)."
     for s in symbols:  # a reference file names symbols too: the grammar holds for them as for tickers
         check_symbol(s)
     have = set(store.query("SELECT symbol FROM instruments").symbol)
     new = [s for s in symbols if s not in have]
     if new:
+        spec = FeedSpec("X")
         store.upsert("instruments", pd.DataFrame({
             "symbol": new, "name": "", "asset_class": spec.asset_class.value, "currency": "USD",
             "exchange": spec.calendar or "", "tick_size": 0.01, "lot_size": 1, "sector": None}), ["symbol"])
-    if spec.ticker != "X":  # a feed tells us the asset class of the symbols it fills
-        marks = ",".join("?" * len(symbols))
-        store.execute(f"UPDATE instruments SET asset_class = ? WHERE asset_class <> ? AND symbol IN ({marks})",
-                      (spec.asset_class.value, spec.asset_class.value, *symbols))
 
 def resolve_symbols(store: Store, ticker: str, ts: pd.Series, daily: bool) -> pd.Series:
     "The instrument that held `ticker` at each `ts` (None where none did); a ticker never mapped is its own symbol."
@@ -86,15 +84,27 @@ def _watermark(store: Store, feed_id: str, now: pd.Timestamp | None = None) -> p
     v = store.scalar(sql, params)
     return None if v is None or pd.isna(v) else pd.Timestamp(v)
 
-def _check_series(store: Store, feed: Feed, symbols) -> None:
-    for sym in symbols:
-        row = store.query("SELECT source, basis FROM series WHERE symbol = ? AND bar_size = ?", (sym, feed.spec.bar_size))
-        if row.empty:
-            continue
-        if row.source[0] != feed.vendor or row.basis[0] != feed.spec.basis:
-            raise DataError(f"{sym} {feed.spec.bar_size} comes from {row.source[0]} ({row.basis[0]} prices); "
-                            f"refusing to mix in {feed.source} ({feed.spec.basis} prices)",
-                            hint="ingest the other vendor into a separate store (BIFROST_DB_URL) to compare them")
+def _open_series(store: Store, feed: Feed, sym: str) -> pd.Timestamp | None:
+    """Claim series `sym` for `feed` (refused if another vendor or basis feeds it), file the instrument under the
+    feed's asset class, and return the series' last stored bar: three statements at most."""
+    spec = feed.spec
+    row = store.query("SELECT s.source, s.basis, (SELECT max(ts) FROM bars WHERE symbol = ? AND bar_size = ?) AS until "
+                      "FROM (SELECT 1 AS one) AS o LEFT JOIN series AS s ON s.symbol = ? AND s.bar_size = ?",
+                      (sym, spec.bar_size, sym, spec.bar_size))
+    source, basis, until = row.iat[0, 0], row.iat[0, 1], row.iat[0, 2]
+    if isinstance(source, str) and (source != feed.vendor or basis != spec.basis):
+        raise DataError(f"{sym} {spec.bar_size} comes from {source} ({basis} prices); "
+                        f"refusing to mix in {feed.source} ({spec.basis} prices)",
+                        hint="ingest the other vendor into a separate store (BIFROST_DB_URL) to compare them")
+    check_symbol(sym)
+    store.execute("INSERT INTO instruments (symbol, name, asset_class, currency, exchange, tick_size, lot_size, sector) "
+                  "VALUES (?, '', ?, 'USD', ?, 0.01, 1, NULL) ON CONFLICT (symbol) DO UPDATE SET asset_class = "
+                  "excluded.asset_class WHERE instruments.asset_class <> excluded.asset_class",
+                  (sym, spec.asset_class.value, spec.calendar or ""))  # a feed tells us the class of what it fills
+    if not isinstance(source, str):
+        store.execute("INSERT INTO series (symbol, bar_size, source, basis) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT (symbol, bar_size) DO NOTHING", (sym, spec.bar_size, feed.vendor, spec.basis))
+    return _none_if_nat(until)
 
 def _text_of(col: pd.Series) -> pd.Series:
     "Values as Python writes them (nan and inf included), vectorised for numbers."
@@ -131,13 +141,7 @@ class _FeedWriter:
 
     def _validator(self, sym: str) -> BarValidator:
         if sym not in self.validators:
-            _check_series(self.store, self.feed, [sym])
-            _ensure_instruments(self.store, [sym], self.spec)
-            self.store.upsert("series", pd.DataFrame({"symbol": [sym], "bar_size": self.spec.bar_size,
-                                                      "source": self.feed.vendor, "basis": self.spec.basis}),
-                              ["symbol", "bar_size"], update=False)
-            self.stored_until[sym] = _none_if_nat(self.store.scalar(
-                "SELECT max(ts) FROM bars WHERE symbol = ? AND bar_size = ?", (sym, self.spec.bar_size)))
+            self.stored_until[sym] = _open_series(self.store, self.feed, sym)
             known = self.store.query("SELECT ex_date, value FROM corporate_actions WHERE symbol = ? AND kind = 'split'",
                                      (sym,))
             splits = pd.concat([pd.Series(known.value.to_numpy(float), index=pd.to_datetime(known.ex_date)),
@@ -176,7 +180,7 @@ class _FeedWriter:
         for sym, v in self.validators.items():
             good, bad = v.finish()
             self._write(good.assign(symbol=sym), bad.assign(symbol=sym))
-        actions = _feed_actions(self.store, self.feed)
+        actions = _feed_actions(self.periods, self.feed)
         if len(actions):
             self.store.upsert("corporate_actions", actions.assign(source=self.feed.source), ["symbol", "ex_date", "kind"])
         symbols = tuple(sorted(self.validators))
@@ -221,24 +225,24 @@ def ingest_feed(store: Store, feed_id: str, feed: Feed | Iterable[Feed], clock: 
                 bar.update(len(ahead.bars) + len(ahead.rejects))
                 ahead = chunk
             result = writer.finish()
-            store.upsert("ingestions", pd.DataFrame({
-                "id": [uuid.uuid4().hex], "source": feed_id, "symbol": ",".join(result.symbols) or None,
-                "bar_size": first.spec.bar_size, "started_at": [writer.now], "rows_in": result.rows_in,
-                "rows_written": result.written, "rows_quarantined": result.quarantined, "ticker": first.spec.ticker,
-                "last_ts": [writer.last_ts if writer.last_ts is not None else _watermark(store, feed_id, writer.now)]}),
-                ["id"])
+            last = writer.last_ts if writer.last_ts is not None else _watermark(store, feed_id, writer.now)
+            store.execute("INSERT INTO ingestions (id, source, symbol, bar_size, started_at, rows_in, rows_written, "
+                          "rows_quarantined, ticker, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (uuid.uuid4().hex, feed_id, ",".join(result.symbols) or None, first.spec.bar_size,
+                           writer.now.to_pydatetime(), result.rows_in, result.written, result.quarantined,
+                           first.spec.ticker, None if last is None else last.to_pydatetime()))
     finally:
         bar.close()
     return result
 
 
-def _feed_actions(store: Store, feed: Feed) -> pd.DataFrame:
-    "The feed's own splits and dividends, filed under the instrument holding the ticker on the ex-date."
+def _feed_actions(periods: pd.DataFrame, feed: Feed) -> pd.DataFrame:
+    "The feed's own splits and dividends, filed under the instrument holding the ticker (`periods`) on the ex-date."
     parts = []
     for kind, events in (("split", feed.splits), ("dividend", feed.dividends)):
         if len(events):
             when = pd.Series(pd.to_datetime(events.index)).dt.tz_localize("UTC")
-            sym = resolve_symbols(store, feed.spec.ticker, when, daily=True)
+            sym = _resolve(periods, feed.spec.ticker, when, daily=True)
             parts.append(pd.DataFrame({"symbol": sym.to_numpy(), "ex_date": when.dt.date.to_numpy(), "kind": kind,
                                        "value": events.to_numpy(float)}).dropna(subset=["symbol"]))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
