@@ -78,10 +78,15 @@ def symbols(value: str | None) -> str | None:
     "Comma-separated tickers, e.g. SPY,QQQ."
     if value is None:
         return None
+    from bifrost.core import SYMBOL_RULE, SymbolError, check_symbol
     out = [s.strip().upper() for s in value.split(",") if s.strip()]
-    if not out or any(not s.replace(".", "").replace("-", "").isalnum() for s in out):
+    if not out:
         raise typer.BadParameter(f"{value!r} is not a list of tickers; write them comma-separated, e.g. SPY,QQQ")
-    return ",".join(out)
+    try:  # the one grammar every entry point checks (ingest, orders, limits, rules)
+        return ",".join(check_symbol(s) for s in out)
+    except SymbolError:
+        raise typer.BadParameter(f"{value!r} is not a list of tickers: each is {SYMBOL_RULE}; write them "
+                                 "comma-separated, e.g. SPY,QQQ") from None
 
 def symbol_list(value: str | None) -> list[str] | None:
     "The tickers of a `symbols`-checked option, as a list."
