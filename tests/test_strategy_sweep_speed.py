@@ -1,8 +1,8 @@
 """The fast sweep path gives exactly what the single-run engine gives (correctness only; speed is `bifrost bench backtest`).
 
 `run_sweep` takes three shortcuts to be fast: SmaCross builds every pair's targets with its own rolling-mean
-kernel, `_simulate_equity` repeats `simulate` without the trade list, and the Sharpe ratio is summed in the
-kernel. Each must agree with the reference bit for bit: pandas' `rolling().mean()`, `simulate`, and numpy.
+kernel, the kernel walks equity only (no trade list, no positions), and the Sharpe ratio is summed in the
+kernel. Each must agree with the reference bit for bit: pandas' `rolling().mean()`, the full walk, and numpy.
 """
 from __future__ import annotations
 
@@ -14,17 +14,8 @@ from conftest import sample_panel
 from bifrost.strategy import vector
 from bifrost.strategy.api import FIELDS, Costs, Momentum, Panel, SmaCross, _rolling_mean, _rolling_means
 from bifrost.strategy.research import sharpe
-from bifrost.strategy.vector import (
-    _numpy_sum,
-    _sharpe,
-    _simulate_equity,
-    _sweep,
-    grid,
-    run_sweep,
-    run_vectorized,
-    simulate,
-    simulate_many,
-)
+from bifrost.strategy.kernel import FULL, NO_GATE, _numpy_sum, _sharpe, _sweep, simulate, simulate_many, walk
+from bifrost.strategy.vector import grid, run_sweep, run_vectorized
 
 COSTS = Costs(commission_bps=1.0, per_share=0.005, minimum=1.0, slippage_bps=2.0)
 
@@ -99,29 +90,22 @@ def _arrays(panel):
     return tuple(np.ascontiguousarray(getattr(panel, f).to_numpy(np.float64)) for f in ("open", "high", "low", "close"))
 
 
-def test_simulate_equity_is_simulate_on_random_weights(two):
+def test_equity_only_walk_is_the_full_walk_on_random_weights(two):
     "Random targets (some NaN: hold; some negative: short), random costs, a panel with holes."
     rng = np.random.default_rng(3)
     arrays = _arrays(two)
-    blocked = np.zeros(arrays[0].shape, np.bool_)
     for trial in range(40):
         w = rng.choice([np.nan, np.nan, np.nan, 0.0, 0.3, 0.5, 0.9, -0.2], size=arrays[0].shape)
         if trial % 2:
             w[rng.random(w.shape) < 0.9] = np.nan
-        costs = (float(rng.choice([0.0, 5.0])), float(rng.choice([0.0, 0.01])), float(rng.choice([0.0, 2.0])),
-                 float(rng.choice([0.0, 10.0])))
+        costs = Costs(*(float(rng.choice(v)) for v in ([0.0, 5.0], [0.0, 0.01], [0.0, 2.0], [0.0, 10.0])))
         cash = float(rng.choice([1_000.0, 100_000.0]))
-        _, _, equity, trades = simulate(*arrays, w, cash, *costs, blocked)
-        got, rets, floor = np.empty(len(equity)), np.empty(len(equity) - 1), np.empty(1)
-        n = _simulate_equity(*arrays, w, cash, *costs, got, rets, floor)
-        np.testing.assert_array_equal(got, equity)
-        positions, cash_s, _, _ = simulate(*arrays, w, cash, *costs, blocked)
-        marks = pd.DataFrame(arrays[3]).ffill().to_numpy()
-        at_open = [cash_s[t - 1] + np.nansum(positions[t - 1] * np.where(np.isnan(arrays[0][t]), marks[t - 1], arrays[0][t]))
-                   for t in range(1, len(equity)) if not np.isnan(w[t - 1]).all()]  # bars that carry orders
-        assert np.isclose(floor[0], min(at_open, default=np.inf), rtol=1e-12)
-        np.testing.assert_array_equal(rets, np.diff(equity) / equity[:-1])
-        assert n == len(trades)
+        full = walk(arrays, w, cash, costs, NO_GATE, FULL)
+        rets = np.empty(len(full.equity) - 1)
+        lean = walk(arrays, w, cash, costs, NO_GATE, 0, rets=rets)
+        np.testing.assert_array_equal(lean.equity, full.equity)
+        np.testing.assert_array_equal(rets, np.diff(full.equity) / full.equity[:-1])
+        assert lean.n_trades == len(full.trades) and lean.trades.shape == (0, 5) and lean.positions.shape[0] == 0
 
 
 def test_simulate_many_and_sweep_agree_with_simulate(two):
@@ -129,14 +113,15 @@ def test_simulate_many_and_sweep_agree_with_simulate(two):
     rng = np.random.default_rng(4)
     weights = rng.choice([np.nan, np.nan, 0.0, 0.5], size=(9,) + arrays[0].shape)
     equity, n_trades = simulate_many(*arrays, weights, 50_000.0, 1.0, 0.0, 1.0, 5.0)
-    eq2, n2, sh = np.empty_like(equity), np.empty(len(weights), np.int64), np.empty(len(weights))
-    _sweep(*arrays, weights, 50_000.0, 1.0, 0.0, 1.0, 5.0, 252, eq2, n2, sh, np.empty(len(weights)))
+    eq2, n2, sh, status = np.empty_like(equity), np.empty(len(weights), np.int64), np.empty(len(weights)), np.empty(len(weights), np.int64)
+    _sweep(*arrays, weights, 50_000.0, np.array([1.0, 0.0, 1.0, 5.0]), NO_GATE.limits, NO_GATE.verdicts, 0, 252.0,
+           eq2, n2, sh, status)
     blocked = np.zeros(arrays[0].shape, np.bool_)
     for c in range(len(weights)):
         _, _, e, trades = simulate(*arrays, weights[c], 50_000.0, 1.0, 0.0, 1.0, 5.0, blocked)
         np.testing.assert_array_equal(equity[c], e)
         np.testing.assert_array_equal(eq2[c], e)
-        assert n_trades[c] == n2[c] == len(trades)
+        assert n_trades[c] == n2[c] == len(trades) and status[c] == 0
         assert sh[c] == sharpe(e) or (np.isnan(sh[c]) and np.isnan(sharpe(e)))
 
 

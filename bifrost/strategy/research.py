@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..core import Clock, LiveClock, load_settings
 from .api import FIELDS, Costs, Panel, Strategy, StrategyError
-from .vector import DEFAULT_GATE, SweepResult, _gated_simulate, grid, run_sweep
+from .vector import DEFAULT_GATE, SweepResult, gated_walk, grid, run_sweep
 
 # %% auto #0
 __all__ = ['SEARCHES', 'sharpe', 'param_space', 'sample', 'slice_panel', 'GridBayes', 'connect_ray', 'RaySweepResult',
@@ -503,10 +503,8 @@ def run_oos(strategy: Strategy, panel: Panel, start: int, stop: int, cash: float
         held = pd.DataFrame(w[:k]).ffill().to_numpy()[-1]  # the target in force at the close before `start`
         w[:k - 1] = 0.0
         w[k - 1] = np.nan_to_num(held, nan=0.0)
-    arr = lambda f: np.ascontiguousarray(getattr(sub, f).to_numpy(np.float64))
     # through the gate every backtest passes (its sweeps too); a promoted version is backtested with its account's
-    _, _, equity, _, _ = _gated_simulate((arr("open"), arr("high"), arr("low"), arr("close")), np.ascontiguousarray(w),
-                                         float(cash), costs, DEFAULT_GATE, "backtest", sub)
+    equity = gated_walk(sub, np.ascontiguousarray(w), float(cash), costs, DEFAULT_GATE, "backtest", mode=0).equity
     return pd.Series(equity[k:], index=sub.index[k:], name="equity")
 
 # %% ../../nbs/08d_strategy.research.ipynb #558debbe

@@ -6,11 +6,9 @@
 from __future__ import annotations
 
 import html
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
-import numba
 import numpy as np
 import pandas as pd
 
@@ -20,97 +18,11 @@ from ..compliance.gate import Gate
 from ..core import AccountState, Decision, Order, Side
 from ..risk.limits import Limits
 from .api import Costs, Panel, Strategy, StrategyError
+from .kernel import ASK, FULL, GATED, TEXT, Walk, _sharpe, _sweep, _sweep_serial, gate_arrays, walk
 
 # %% auto #0
-__all__ = ['DEFAULT_GATE', 'DECISION_COLUMNS', 'simulate', 'BacktestResult', 'GateLog', 'run_vectorized', 'simulate_many',
-           'SweepResult', 'grid', 'run_sweep']
-
-# %% ../../nbs/08b_strategy.vector.ipynb #750e9d0d
-@numba.njit(cache=True)
-def _commission(shares, price, bps, per_share, minimum):
-    if shares == 0:
-        return 0.0
-    fee = abs(shares) * price * bps / 1e4 + abs(shares) * per_share
-    return max(fee, minimum)
-
-@numba.njit(cache=True)
-def _record(trades, k, t, i, shares, price, fee):
-    trades[k, 0] = t
-    trades[k, 1] = i
-    trades[k, 2] = shares
-    trades[k, 3] = price
-    trades[k, 4] = fee
-
-@numba.njit(cache=True)
-def simulate(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, blocked):
-    "Walk the bars: orders decided on `weights[t-1]` fill at `open_[t]`, except where `blocked[t, i]`. Returns positions, cash, equity, trades."
-    n_bars, n_sym = close.shape
-    pos = np.zeros(n_sym, np.int64)
-    positions = np.zeros((n_bars, n_sym), np.int64)
-    cash_out = np.empty(n_bars)
-    equity = np.empty(n_bars)
-    marks = np.full(n_sym, np.nan)
-    trades = np.empty((n_bars * n_sym, 5))  # bar, symbol, shares, price, commission
-    n_trades = 0
-    cash = cash0
-    sells = np.empty(n_sym, np.int64)
-    buys = np.empty(n_sym, np.int64)
-    deltas = np.zeros(n_sym, np.int64)
-    for t in range(n_bars):
-        if t > 0:
-            value = cash
-            for i in range(n_sym):
-                if pos[i] != 0:
-                    value += pos[i] * (open_[t, i] if open_[t, i] == open_[t, i] else marks[i])
-            n_sells = 0
-            n_buys = 0
-            for i in range(n_sym):
-                w = weights[t - 1, i]
-                if w != w or open_[t, i] != open_[t, i] or blocked[t, i]:
-                    continue
-                delta = np.int64(math.trunc(w * value / open_[t, i])) - pos[i]
-                deltas[i] = delta
-                if delta < 0:
-                    sells[n_sells] = i
-                    n_sells += 1
-                elif delta > 0:
-                    buys[n_buys] = i
-                    n_buys += 1
-            for k in range(n_sells):
-                i = sells[k]
-                delta = deltas[i]
-                price = max(open_[t, i] * (1 - slip_bps / 1e4), low[t, i]) if slip_bps else open_[t, i]
-                fee = _commission(delta, price, bps, per_share, minimum)
-                cash = cash - delta * price
-                cash = cash - fee
-                pos[i] += delta
-                _record(trades, n_trades, t, i, delta, price, fee)
-                n_trades += 1
-            for k in range(n_buys):
-                i = buys[k]
-                delta = deltas[i]
-                price = min(open_[t, i] * (1 + slip_bps / 1e4), high[t, i]) if slip_bps else open_[t, i]
-                qty = min(delta, np.int64(math.floor(cash / price)))
-                while qty > 0 and cash - qty * price - _commission(qty, price, bps, per_share, minimum) < 0:
-                    qty -= 1
-                if qty <= 0:
-                    continue
-                fee = _commission(qty, price, bps, per_share, minimum)
-                cash = cash - qty * price
-                cash = cash - fee
-                pos[i] += qty
-                _record(trades, n_trades, t, i, qty, price, fee)
-                n_trades += 1
-        value = cash
-        for i in range(n_sym):
-            if close[t, i] == close[t, i]:
-                marks[i] = close[t, i]
-            if pos[i] != 0:
-                value += pos[i] * marks[i]
-        positions[t] = pos
-        cash_out[t] = cash
-        equity[t] = value
-    return positions, cash_out, equity, trades[:n_trades]
+__all__ = ['DEFAULT_GATE', 'DECISION_COLUMNS', 'BacktestResult', 'GateLog', 'gated_walk', 'run_vectorized', 'SweepResult', 'grid',
+           'run_sweep']
 
 # %% ../../nbs/08b_strategy.vector.ipynb #63af927e
 @dataclass(frozen=True)
@@ -198,18 +110,25 @@ class GateLog:
         self.gate, self.account, self.symbols = gate, account, list(symbols)
         self.rows, self.refusals = [], []  # answers on the orders placed; refused orders (taken out of `rows`)
 
-    def decide(self, ts, i: int, shares: int, cash: float, positions, prices, sod: float | None,
-               peak: float | None) -> bool:
+    def ask(self, ts, i: int, shares: int, cash: float, positions, prices, sod: float | None, peak: float | None,
+            placed: int, where=None) -> Decision:
+        "The gate's decision on `shares` of symbol `i`, the `placed + 1`-th order; prices read only at `where` (default: all)."
         dec = lambda x: Decimal(f"{x:.6f}")
-        held = {s: Decimal(int(q)) for s, q in zip(self.symbols, positions) if q}
-        px = {s: dec(p) for s, p in zip(self.symbols, prices) if p == p and p > 0}
+        where = range(len(self.symbols)) if where is None else where
+        held = {self.symbols[j]: Decimal(int(positions[j])) for j in np.flatnonzero(positions)}
+        px = {self.symbols[j]: dec(prices[j]) for j in where if prices[j] == prices[j] and prices[j] > 0}
         sym = self.symbols[i]
         state = AccountState(self.account, ts, dec(cash), held, px, start_of_day_equity=None if sod is None else dec(sod),
                              peak_equity=None if peak is None else dec(peak))
-        order = Order(f"{self.account}-{len(self.rows) + 1}", sym, Side.BUY if shares > 0 else Side.SELL,
+        order = Order(f"{self.account}-{placed + 1}", sym, Side.BUY if shares > 0 else Side.SELL,
                       Decimal(abs(int(shares))), created_at=ts)
-        d: Decision = self.gate(order, state)
-        self.rows.append((ts, sym, int(shares), d.approved, "; ".join(d.reasons)))
+        return self.gate(order, state)
+
+    def decide(self, ts, i: int, shares: int, cash: float, positions, prices, sod: float | None,
+               peak: float | None) -> bool:
+        "Ask about an order and log the answer (the backtrader engine's way: one question per order)."
+        d = self.ask(ts, i, shares, cash, positions, prices, sod, peak, len(self.rows))
+        self.rows.append((ts, self.symbols[i], int(shares), d.approved, "; ".join(d.reasons)))
         return d.approved
 
     def frame(self) -> pd.DataFrame:
@@ -221,33 +140,36 @@ def _prices_for_gate(panel: Panel) -> np.ndarray:
     "What an order at bar t is valued at: the bar's open, or the last close where the symbol has no bar."
     return panel.open.fillna(panel.close.ffill().shift(1)).to_numpy(np.float64)
 
-def _gated_simulate(arrays, w: np.ndarray, cash: float, costs: Costs, gate: Gate, account: str, panel: Panel):
-    "Run the kernel and ask the gate about each trade in order; a refusal blocks that order and the kernel reruns."
-    blocked = np.zeros(w.shape, np.bool_)
-    log, prices = GateLog(gate, account, panel.symbols), _prices_for_gate(panel)
-    while True:
-        positions, cash_s, equity, trades = simulate(*arrays, w, cash, costs.commission_bps, costs.per_share,
-                                                     costs.minimum, costs.slippage_bps, blocked)
-        # the path up to the last refusal is the same in every rerun, so the answers already given stand;
-        # replay the account from the start of the bar where asking resumes
-        asked = len(log.rows)
-        k0 = asked
-        while 0 < k0 < len(trades) and trades[k0 - 1, 0] == trades[asked, 0]:
-            k0 -= 1
-        for k in range(k0, len(trades)):
-            t, i, shares = int(trades[k, 0]), int(trades[k, 1]), trades[k, 2]
-            if k == k0 or int(trades[k - 1, 0]) != t:  # the account as bar t opens: the end of bar t-1
-                run_cash, run_pos = cash_s[t - 1], positions[t - 1].copy()
-                sod, peak = equity[t - 1], equity[:t].max()
-            if k >= asked and not log.decide(panel.index[t].to_pydatetime(), i, shares, run_cash, run_pos,
-                                             prices[t], sod, peak):
-                log.refusals.append(log.rows.pop())
-                blocked[t, i] = True
-                break
-            run_cash -= shares * trades[k, 3] + trades[k, 4]
-            run_pos[i] += int(shares)
-        else:
-            return positions, cash_s, equity, trades, log.frame()
+def _asker(gate: Gate, account: str, panel: Panel, open_: np.ndarray, compact: bool):
+    "Answer the kernel's questions with `gate` itself, on the account as the kernel holds it at that order."
+    log = GateLog(gate, account, panel.symbols)
+
+    def ask(t, i, shares, cash, positions, marks, sod, peak, placed):
+        prices = np.where(open_[t] == open_[t], open_[t], marks)  # the open, or the last close where there is none
+        # the limits and the rules the arrays know read the order's price and the holdings' only
+        where = sorted(set(np.flatnonzero(positions).tolist()) | {i}) if compact else None
+        d = log.ask(panel.index[t].to_pydatetime(), i, shares, cash, positions, prices, sod, peak, placed, where)
+        return d.approved, "; ".join(d.reasons)
+    return ask
+
+def _decisions_frame(run: Walk, panel: Panel) -> pd.DataFrame:
+    "The decisions as `GateLog.frame` orders them: by bar, the orders placed before the ones refused."
+    d = run.decisions
+    if not len(d):
+        return pd.DataFrame([], columns=DECISION_COLUMNS)
+    d = d[np.lexsort((1 - d[:, 3], d[:, 0]))]  # stable: within a bar, placed orders first, each group in order
+    reasons = np.asarray(run.reasons + [""], dtype=object)  # -1: approved by the arrays, nothing to say
+    return pd.DataFrame({"ts": panel.index[d[:, 0]].as_unit("us"), "symbol": np.asarray(panel.symbols, dtype=object)[d[:, 1]],
+                         "shares": d[:, 2], "approved": d[:, 3].astype(bool), "reasons": reasons[d[:, 4]]})
+
+def gated_walk(panel: Panel, w: np.ndarray, cash: float, costs: Costs, gate: Gate, account: str,
+               mode: int = FULL | TEXT, arrays=None, rets: np.ndarray | None = None) -> Walk:
+    "The kernel through `gate`: its array form settles what it can, the gate itself answers the rest."
+    if arrays is None:
+        arr = lambda f: np.ascontiguousarray(getattr(panel, f).to_numpy(np.float64))
+        arrays = (arr("open"), arr("high"), arr("low"), arr("close"))
+    g = gate_arrays(gate, panel.index, panel.symbols)
+    return walk(arrays, w, cash, costs, g, mode | GATED | ASK, _asker(gate, account, panel, arrays[0], g.compact), rets)
 
 def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, costs: Costs = Costs(),
                    gate: Gate = DEFAULT_GATE, account: str = "backtest") -> BacktestResult:
@@ -255,199 +177,15 @@ def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
     if cash <= 0:
         raise StrategyError(f"starting cash must be positive, was {cash}")
     w = strategy.run_targets(panel)
-    arr = lambda f: np.ascontiguousarray(getattr(panel, f).to_numpy(np.float64))
-    positions, cash_s, equity, trades, decisions = _gated_simulate(
-        (arr("open"), arr("high"), arr("low"), arr("close")), np.ascontiguousarray(w.to_numpy(np.float64)),
-        float(cash), costs, gate, account, panel)
-    return BacktestResult(repr(strategy), dict(strategy.values), "vectorized", _trades_frame(trades, panel),
-                          pd.DataFrame(positions, index=panel.index, columns=panel.symbols),
-                          pd.Series(cash_s, index=panel.index, name="cash"),
-                          pd.Series(equity, index=panel.index, name="equity"), w, decisions, panel.bar_size,
-                          panel.close.ffill())
+    run = gated_walk(panel, np.ascontiguousarray(w.to_numpy(np.float64)), float(cash), costs, gate, account)
+    return BacktestResult(repr(strategy), dict(strategy.values), "vectorized", _trades_frame(run.trades, panel),
+                          pd.DataFrame(run.positions, index=panel.index, columns=panel.symbols),
+                          pd.Series(run.cash, index=panel.index, name="cash"),
+                          pd.Series(run.equity, index=panel.index, name="equity"), w, _decisions_frame(run, panel),
+                          panel.bar_size, panel.close.ffill())
 
-# %% ../../nbs/08b_strategy.vector.ipynb #5a3e0c01
-@numba.njit(cache=True)
-def _simulate_equity(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, equity, rets, floor):
-    "`simulate`'s arithmetic keeping only equity (into `equity`), simple returns (into `rets`) and the lowest value at an open with orders (into `floor[0]`); returns the trade count."
-    n_bars, n_sym = close.shape
-    pos = np.zeros(n_sym, np.int64)
-    marks = np.full(n_sym, np.nan)
-    sells = np.empty(n_sym, np.int64)
-    buys = np.empty(n_sym, np.int64)
-    deltas = np.zeros(n_sym, np.int64)
-    n_trades = 0
-    cash = cash0
-    lowest = np.inf
-    for t in range(n_bars):
-        if t > 0:
-            active = False  # most bars carry no order at all: skip valuing the account for them
-            for i in range(n_sym):
-                if weights[t - 1, i] == weights[t - 1, i]:
-                    active = True
-                    break
-            if active:
-                value = cash
-                for i in range(n_sym):
-                    if pos[i] != 0:
-                        value += pos[i] * (open_[t, i] if open_[t, i] == open_[t, i] else marks[i])
-                lowest = min(lowest, value)  # what the gate sees the account worth as it asks about these orders
-                n_sells = 0
-                n_buys = 0
-                for i in range(n_sym):
-                    w = weights[t - 1, i]
-                    if w != w or open_[t, i] != open_[t, i]:
-                        continue
-                    delta = np.int64(math.trunc(w * value / open_[t, i])) - pos[i]
-                    deltas[i] = delta
-                    if delta < 0:
-                        sells[n_sells] = i
-                        n_sells += 1
-                    elif delta > 0:
-                        buys[n_buys] = i
-                        n_buys += 1
-                for k in range(n_sells):
-                    i = sells[k]
-                    delta = deltas[i]
-                    price = max(open_[t, i] * (1 - slip_bps / 1e4), low[t, i]) if slip_bps else open_[t, i]
-                    fee = _commission(delta, price, bps, per_share, minimum)
-                    cash = cash - delta * price
-                    cash = cash - fee
-                    pos[i] += delta
-                    n_trades += 1
-                for k in range(n_buys):
-                    i = buys[k]
-                    delta = deltas[i]
-                    price = min(open_[t, i] * (1 + slip_bps / 1e4), high[t, i]) if slip_bps else open_[t, i]
-                    qty = min(delta, np.int64(math.floor(cash / price)))
-                    while qty > 0 and cash - qty * price - _commission(qty, price, bps, per_share, minimum) < 0:
-                        qty -= 1
-                    if qty <= 0:
-                        continue
-                    fee = _commission(qty, price, bps, per_share, minimum)
-                    cash = cash - qty * price
-                    cash = cash - fee
-                    pos[i] += qty
-                    n_trades += 1
-        value = cash
-        for i in range(n_sym):
-            if close[t, i] == close[t, i]:
-                marks[i] = close[t, i]
-            if pos[i] != 0:
-                value += pos[i] * marks[i]
-        equity[t] = value
-        if t > 0:
-            rets[t - 1] = _simple_return(equity[t - 1], value)
-    floor[0] = lowest
-    return n_trades
-
-@numba.njit(cache=True, error_model="numpy")
-def _simple_return(before, after):
-    return (after - before) / before  # as numpy divides: a zero or negative equity gives inf/nan, not an exception
-
-# %% ../../nbs/08b_strategy.vector.ipynb #5a3e0c02
-@numba.njit(cache=True)
-def _block_sum(a, lo, n):
-    "numpy's pairwise-summation leaf: eight running sums, combined in a fixed tree, then the rest."
-    if n < 8:
-        res = 0.0
-        for i in range(lo, lo + n):
-            res += a[i]
-        return res
-    r0, r1, r2, r3, r4, r5, r6, r7 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3], a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-    i = 8
-    while i < n - n % 8:
-        r0 += a[lo + i]
-        r1 += a[lo + i + 1]
-        r2 += a[lo + i + 2]
-        r3 += a[lo + i + 3]
-        r4 += a[lo + i + 4]
-        r5 += a[lo + i + 5]
-        r6 += a[lo + i + 6]
-        r7 += a[lo + i + 7]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        res += a[lo + i]
-        i += 1
-    return res
-
-@numba.njit(cache=True)
-def _numpy_sum(a):
-    "`a.sum()` bit for bit: numpy halves the array (at multiples of 8) down to blocks of at most 128."
-    # an explicit stack, not recursion: numba's on-disk cache cannot reload recursive functions
-    los, ns = np.empty(64, np.int64), np.empty(64, np.int64)
-    stage, left = np.zeros(64, np.int8), np.empty(64)
-    los[0], ns[0], top, last = 0, len(a), 1, 0.0
-    while top:
-        k = top - 1
-        if ns[k] <= 128:
-            last = _block_sum(a, los[k], ns[k])
-            top -= 1
-            continue
-        half = ns[k] // 2
-        half -= half % 8
-        if stage[k] == 0:  # sum the left half first
-            stage[k] = 1
-            los[top], ns[top], stage[top] = los[k], half, 0
-            top += 1
-        elif stage[k] == 1:  # then the right half
-            left[k], stage[k] = last, 2
-            los[top], ns[top], stage[top] = los[k] + half, ns[k] - half, 0
-            top += 1
-        else:
-            last = left[k] + last
-            top -= 1
-    return 0.0 + last
-
-@numba.njit(cache=True)
-def _sharpe(rets, periods_per_year):
-    "`mean / std(ddof=1) * sqrt(periods_per_year)` of `rets` as numpy computes it (NaN when they never vary); overwrites `rets`."
-    n = len(rets)
-    if n < 2:
-        return np.nan
-    mean = _numpy_sum(rets) / n
-    for k in range(n):
-        d = rets[k] - mean
-        rets[k] = d * d
-    sd = math.sqrt(_numpy_sum(rets) / (n - 1))
-    return mean / sd * math.sqrt(periods_per_year) if sd > 0 else np.nan
 
 # %% ../../nbs/08b_strategy.vector.ipynb #67c80d03
-@numba.njit(parallel=True, cache=True)
-def simulate_many(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps):
-    "Equity per bar (combos × bars) and trade counts for each combination's weights (combos × bars × symbols)."
-    n_combos, n_bars = weights.shape[0], close.shape[0]
-    equity = np.empty((n_combos, n_bars))
-    n_trades = np.empty(n_combos, np.int64)
-    for c in numba.prange(n_combos):
-        n_trades[c] = _simulate_equity(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
-                                       equity[c], np.empty(max(n_bars - 1, 0)), np.empty(1))
-    return equity, n_trades
-
-@numba.njit(cache=True)
-def _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-               equity, n_trades, sharpe, floor):
-    rets = np.empty(max(close.shape[0] - 1, 0))
-    n_trades[c] = _simulate_equity(open_, high, low, close, weights[c], cash0, bps, per_share, minimum, slip_bps,
-                                   equity[c], rets, floor[c:c + 1])
-    sharpe[c] = _sharpe(rets, periods_per_year)
-
-@numba.njit(parallel=True, cache=True)
-def _sweep(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-           equity, n_trades, sharpe, floor):
-    "Fill `equity`, `n_trades`, `sharpe` and `floor` for every combination's weights; one thread per combination."
-    for c in numba.prange(weights.shape[0]):
-        _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-                   equity, n_trades, sharpe, floor)
-
-@numba.njit(cache=True)
-def _sweep_serial(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-                  equity, n_trades, sharpe, floor):
-    "`_sweep` in the calling thread."
-    for c in range(weights.shape[0]):
-        _sweep_one(c, open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps, periods_per_year,
-                   equity, n_trades, sharpe, floor)
-
 # A parallel region ends when its slowest thread does; on a busy machine a descheduled worker costs a scheduler
 # time slice (milliseconds), more than a small sweep takes on one core. Threads pay off from about this much work.
 _PARALLEL_FROM = 5_000_000  # combinations × bars × symbols
@@ -494,10 +232,6 @@ def _batch_path(strategy_cls: type[Strategy], attr: str):
         return None  # a subclass that changed targets: its own targets, one combination at a time
     return getattr(strategy_cls, attr)
 
-def _waves_through(gate: Gate, open_: np.ndarray) -> bool:
-    "Whether `gate` has no limits and no rules, so refuses only an order at no price or growing an account worth nothing."
-    return gate.rules is None and gate.limits == Limits() and not (open_ <= 0).any()
-
 def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], cash: float = 100_000.0,
               costs: Costs = Costs(), periods_per_year: int = 252, chunk: int = 500,
               gate: Gate = DEFAULT_GATE, account: str = "backtest") -> SweepResult:
@@ -515,19 +249,21 @@ def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], ca
                (batch(panel, part) for part in parts) if batch else
                (np.stack([s.run_targets(panel).to_numpy(np.float64) for s in part]) for part in parts))
     n = len(combos)
-    equity, trades, sharpe, floor = np.empty((n, len(panel))), np.empty(n, np.int64), np.empty(n), np.empty(n)
-    start, waved = 0, _waves_through(gate, o)
+    equity, trades, sharpe, status = np.empty((n, len(panel))), np.empty(n, np.int64), np.empty(n), np.empty(n, np.int64)
+    g = gate_arrays(gate, panel.index, panel.symbols)
+    cost = np.array([costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps], np.float64)
+    start = 0
     for w in weights:
         stop = start + len(w)
         w = np.ascontiguousarray(w, dtype=np.float64)
-        kernel(o, h, l, c_, w, float(cash), costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps,
-               periods_per_year, equity[start:stop], trades[start:stop], sharpe[start:stop], floor[start:stop])
-        # the kernel alone answers for a gate that can refuse nothing here; any other gate is asked order by order
-        asks = range(len(w)) if not waved else np.flatnonzero(floor[start:stop] <= 0.01 * cash)  # near zero: ask
-        for j in asks:
-            _, _, eq, tr, _ = _gated_simulate((o, h, l, c_), w[j], float(cash), costs, gate, account, panel)
-            equity[start + j], trades[start + j] = eq, len(tr)
-            sharpe[start + j] = _sharpe(np.diff(eq) / eq[:-1], periods_per_year)
+        kernel(o, h, l, c_, w, float(cash), cost, g.limits, g.verdicts, GATED, float(periods_per_year),
+               equity[start:stop], trades[start:stop], sharpe[start:stop], status[start:stop])
+        # a combination that met an order only the gate itself can answer walks again, asking it
+        for j in np.flatnonzero(status[start:stop]):
+            rets = np.empty(max(len(panel) - 1, 0))
+            run = gated_walk(panel, w[j], float(cash), costs, gate, account, 0, (o, h, l, c_), rets)
+            equity[start + j], trades[start + j] = run.equity, run.n_trades
+            sharpe[start + j] = _sharpe(rets, periods_per_year)
         start = stop
     keys = combos[0].keys()
     params = ({k: [c[k] for c in combos] for k in keys} if all(c.keys() == keys for c in combos)
