@@ -24,8 +24,9 @@ __all__ = ['DEFAULTS', 'SYMBOL_RULE', 'BAR_SIZES', 'BifrostError', 'ConfigError'
            'MigrationError', 'DataError', 'SourceUnavailableError', 'CalendarError', 'Setting', 'Settings',
            'load_settings', 'mask_url', 'AssetClass', 'Side', 'OrderType', 'TimeInForce', 'OrderStatus', 'SymbolError',
            'check_symbol', 'Instrument', 'Bar', 'Order', 'Fill', 'Position', 'Verdict', 'Check', 'Decision',
-           'AccountState', 'BrokerError', 'OrderRejectedError', 'BrokerUnavailableError', 'BrokerOrder', 'Broker',
-           'bar_size_delta', 'frame_text', 'Clock', 'LiveClock', 'SimulatedClock', 'TradingCalendar']
+           'AccountState', 'BrokerError', 'OrderRejectedError', 'BrokerUnavailableError', 'BrokerOrder',
+           'BrokerCapabilities', 'Broker', 'OrderClass', 'Trail', 'exit_id', 'LinkedOrders', 'bar_size_delta',
+           'frame_text', 'Clock', 'LiveClock', 'SimulatedClock', 'TradingCalendar']
 
 # %% ../nbs/00_core.ipynb #da7f2ae3
 class BifrostError(Exception):
@@ -156,6 +157,7 @@ class TimeInForce(str, Enum):
     IOC = "ioc"
     FOK = "fok"
     OPG = "opg"  # market-on-open: only in the opening auction of the next session
+    CLS = "cls"  # market-on-close: only in the closing auction of this session
 
 class OrderStatus(str, Enum):
     NEW = "new"
@@ -419,10 +421,51 @@ class BrokerOrder:
         if self.avg_fill_price is not None:
             object.__setattr__(self, "avg_fill_price", _dec(self.avg_fill_price, "avg_fill_price"))
 
+@dataclass(frozen=True, slots=True)
+class BrokerCapabilities:
+    "What a broker does natively; what it cannot, the OMS emulates or refuses, and says which."
+    order_types: frozenset[OrderType] = frozenset({OrderType.MARKET})
+    time_in_force: frozenset[TimeInForce] = frozenset({TimeInForce.DAY})  # OPG: market-on-open, CLS: market-on-close
+    bracket: bool = False        # entry + take-profit + stop-loss in one request, the exits one-cancels-other
+    oco: bool = False            # two exits of one position, either cancelling the other
+    oto: bool = False            # an entry that releases one exit when it fills
+    trailing_stop: bool = False  # a stop that follows the best price by a percent or an amount
+    fractional: bool = False     # quantities below one share
+    paper: bool = False          # no real money
+
+    def __post_init__(self):
+        object.__setattr__(self, "order_types", frozenset(OrderType(t) for t in self.order_types))
+        object.__setattr__(self, "time_in_force", frozenset(TimeInForce(t) for t in self.time_in_force))
+
+    @property
+    def market_on_open(self) -> bool:
+        return TimeInForce.OPG in self.time_in_force
+
+    @property
+    def market_on_close(self) -> bool:
+        return TimeInForce.CLS in self.time_in_force
+
+    def cannot(self, order: Order) -> list[str]:
+        "What of `order` this broker cannot take natively (empty: all of it), one reason each."
+        out = []
+        if order.order_type not in self.order_types:
+            out.append(f"no {order.order_type.value} orders")
+        if order.time_in_force not in self.time_in_force:
+            out.append(f"no time in force {order.time_in_force.value}")
+        if not self.fractional and order.quantity != order.quantity.to_integral_value():
+            out.append(f"no fractional quantities ({order.quantity})")
+        return out
+
+    def cannot_link(self, linked: LinkedOrders) -> list[str]:
+        "What of `linked` this broker cannot take natively (empty: all of it), one reason each."
+        out = [f"no native {n.replace('_', ' ')} orders" for n in linked.needs() if not getattr(self, n)]
+        return out + [f"{o.client_order_id}: {r}" for o in linked.orders for r in self.cannot(o)]
+
 @runtime_checkable
 class Broker(Protocol):
     "What the OMS needs of a broker. Every call may raise `BrokerUnavailableError` (outcome unknown)."
     name: str
+    capabilities: BrokerCapabilities  # what it does natively
     def submit(self, order: Order) -> BrokerOrder: ...
     def cancel(self, client_order_id: str) -> BrokerOrder: ...
     def get_order(self, client_order_id: str) -> BrokerOrder | None: ...  # None: the broker has never seen it
@@ -430,6 +473,83 @@ class Broker(Protocol):
     def fills(self, since: datetime | None = None) -> list[Fill]: ...     # fills reported after `since`
     def positions(self) -> dict[str, Decimal]: ...
     def cash(self) -> Decimal: ...
+
+# %% ../nbs/00_core.ipynb #677d224c
+class OrderClass(str, Enum):
+    BRACKET = "bracket"  # entry, then take-profit and stop-loss, one cancelling the other
+    OTO = "oto"          # entry, then one exit
+    OCO = "oco"          # take-profit and stop-loss of a position held, one cancelling the other
+
+@dataclass(frozen=True, slots=True)
+class Trail:
+    "How far a trailing stop follows the best price since it started: a `percent` or a price `amount`, one of them."
+    percent: Decimal | None = None
+    amount: Decimal | None = None
+
+    def __post_init__(self):
+        if (self.percent is None) == (self.amount is None):
+            raise ValueError("a trail is a percent or an amount, exactly one of them")
+        for k in ("percent", "amount"):
+            if getattr(self, k) is not None:
+                object.__setattr__(self, k, _dec(getattr(self, k), f"a trail's {k}"))
+        if self.percent is not None and not 0 < self.percent < 100:
+            raise ValueError(f"a trailing percent must be between 0 and 100, was {self.percent}")
+        if self.amount is not None and self.amount <= 0:
+            raise ValueError(f"a trailing amount must be positive, was {self.amount}")
+
+def exit_id(parent_id: str, role: str) -> str:
+    "The client order id of a linked exit, named after the order it hangs from (`role`: take_profit or stop_loss)."
+    return f"{parent_id}.{ {'take_profit': 'tp', 'stop_loss': 'sl'}[role] }"
+
+@dataclass(frozen=True, slots=True)
+class LinkedOrders:
+    "Orders a broker links natively and takes in one request; each keeps its own client order id."
+    order_class: OrderClass
+    entry: Order | None = None        # BRACKET and OTO
+    take_profit: Order | None = None  # a LIMIT on the other side of the entry
+    stop_loss: Order | None = None    # a STOP or STOP_LIMIT on the other side (a MARKET one if it trails)
+    trail: Trail | None = None        # the stop-loss trails by this
+
+    def __post_init__(self):
+        k = OrderClass(self.order_class)
+        object.__setattr__(self, "order_class", k)
+        exits = [o for o in (self.take_profit, self.stop_loss) if o is not None]
+        if (self.entry is None) != (k is OrderClass.OCO):
+            raise ValueError("an OCO has no entry" if k is OrderClass.OCO else f"a {k.value} needs an entry")
+        if len(exits) != (1 if k is OrderClass.OTO else 2):
+            raise ValueError(f"a {k.value} needs {'one exit' if k is OrderClass.OTO else 'a take-profit and a stop-loss'}")
+        if self.trail is not None and self.stop_loss is None:
+            raise ValueError("only a stop-loss trails: the trail needs one")
+        first = self.entry or exits[0]
+        for o in exits:
+            if o.symbol != first.symbol or o.quantity != first.quantity:
+                raise ValueError(f"exit {o.client_order_id} must be for the same symbol and quantity as "
+                                 f"{first.client_order_id} ({first.quantity} {first.symbol})")
+            if self.entry is not None and o.side is self.entry.side:
+                raise ValueError(f"exit {o.client_order_id} must be on the other side of the entry "
+                                 f"({self.entry.side.value})")
+        if len({o.side for o in exits}) > 1:
+            raise ValueError("both exits close the same position: they are on one side")
+        tp, sl = self.take_profit, self.stop_loss
+        if tp is not None and tp.order_type is not OrderType.LIMIT:
+            raise ValueError(f"a take-profit is a limit order, {tp.client_order_id} is {tp.order_type.value}")
+        stops = (OrderType.STOP, OrderType.STOP_LIMIT) + ((OrderType.MARKET,) if self.trail else ())
+        if sl is not None and sl.order_type not in stops:
+            raise ValueError(f"a stop-loss is a stop order, {sl.client_order_id} is {sl.order_type.value}")
+        if tp is not None and sl is not None and sl.stop_price is not None:
+            long = tp.side is Side.SELL  # the exits of a long position sell: profit above, loss below
+            if (tp.limit_price <= sl.stop_price) if long else (tp.limit_price >= sl.stop_price):
+                raise ValueError(f"the take-profit {tp.limit_price} must be {'above' if long else 'below'} the "
+                                 f"stop-loss {sl.stop_price} when closing a {'long' if long else 'short'} position")
+
+    @property
+    def orders(self) -> tuple[Order, ...]:
+        "Every order of the set, the entry first."
+        return tuple(o for o in (self.entry, self.take_profit, self.stop_loss) if o is not None)
+
+    def needs(self) -> list[str]:
+        "The `BrokerCapabilities` a broker must have to take this set natively."
+        return [self.order_class.value] + (["trailing_stop"] if self.trail is not None else [])
 
 # %% ../nbs/00_core.ipynb #f2f1037b
 BAR_SIZES = ("1min", "5min", "15min", "30min", "1h", "1d")

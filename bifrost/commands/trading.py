@@ -11,14 +11,15 @@ from typing import Optional
 
 import typer
 
+from ..execution.brokers import broker_entry, broker_names
 from .common import (as_dict, bar_size, fail, iso_date, iso_time, money, open_store, pairs, print_frame,
                      require_account, require_portfolio, require_symbols, symbol_list, symbols)
 
 # %% auto #0
-__all__ = ['portfolio_app', 'trading_app', 'risk_app', 'compliance_app', 'audit_app', 'LotMethodOption', 'PnlBy',
+__all__ = ['portfolio_app', 'trading_app', 'risk_app', 'compliance_app', 'audit_app', 'BrokerName', 'LotMethodOption', 'PnlBy',
            'portfolio_list', 'portfolio_open', 'portfolio_show', 'portfolio_pnl', 'portfolio_reconcile', 'Mode',
-           'BrokerName', 'trade', 'parity', 'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules',
-           'KillState', 'kill', 'audit_verify', 'audit_show']
+           'trade', 'parity', 'orders', 'fills', 'risk_limits', 'risk_alerts', 'compliance_rules', 'KillState', 'kill',
+           'audit_verify', 'audit_show']
 
 # %% ../../nbs/13d_commands.trading.ipynb #adbb731e
 portfolio_app = typer.Typer(help="Portfolios: positions, P&L, NAV, reconciliation.", no_args_is_help=True)
@@ -107,9 +108,18 @@ class Mode(str, Enum):
     replay = "replay"
     live = "live"
 
-class BrokerName(str, Enum):
-    paper = "paper"
-    alpaca = "alpaca"
+BrokerName = Enum("BrokerName", [(n, n) for n in broker_names()], type=str)  # the registry's brokers
+
+def _venue(name: str, endpoint: str, trade_updates_url: str | None):
+    "The broker a live session trades through, from the registry: a missing key or an endpoint nobody answers at is a usage error."
+    from bifrost.core import ConfigError
+    from bifrost.execution.brokers import make_broker
+    try:
+        return make_broker(name, endpoint=endpoint, stream_url=trade_updates_url or "")
+    except ConfigError as err:
+        message, _, hint = str(err).partition("\n  hint: ")
+        raise typer.BadParameter(f"{message}; {hint}" if hint else message,
+                                 param_hint="'--endpoint'" if "--endpoint" in hint else "'--broker'") from None
 
 def _require_limits(store, account: str, session: str) -> None:
     from bifrost.risk.limits import LimitError, load_limits
@@ -129,10 +139,13 @@ def trade(account: str, session: str = typer.Option(..., callback=iso_date, help
           version: Optional[str] = typer.Option(None, help="Default: the promoted version."),
           mode: Mode = typer.Option(Mode.replay, help="replay (stored bars, paper broker) or live (streamed bars)."),
           stream_url: Optional[str] = typer.Option(None, help="Market-data stream URL for live mode."),
-          broker: BrokerName = typer.Option(BrokerName.paper, help="paper (simulated fills) or alpaca (live mode; keys "
-                                                                   "from the environment)."),
-          endpoint: str = typer.Option("paper", help="Alpaca's paper account, live (real money: only a version "
-                                                     "promoted to live), or a base URL."),
+          broker: BrokerName = typer.Option("paper", help="; ".join(
+              f"{n} ({broker_entry(n).summary}" + (f"; reads {', '.join(broker_entry(n).environment)}"
+                                                    if broker_entry(n).environment else "") + ")" for n in broker_names())
+              + ". Any but paper trades live only (--mode live)."),
+          endpoint: str = typer.Option("paper", help="paper (the broker's paper account), live (real money: only a "
+                                                     "version promoted to live), or an address: Alpaca's base URL, "
+                                                     "TWS or IB Gateway's HOST:PORT."),
           trade_updates_url: Optional[str] = typer.Option(None, help="The broker's trade-updates websocket, if not "
                                                                      "its own."),
           resume: bool = typer.Option(False, help="Take over this session from a process that died."),
@@ -142,9 +155,15 @@ def trade(account: str, session: str = typer.Option(..., callback=iso_date, help
           extended_hours: bool = typer.Option(False, help="Replay pre- and post-market bars too (default: regular "
                                                           "hours).")):
     "Trade one session of a strategy version for an account; exit 1 unless the session is done."
+    venue = None
+    if broker.value != "paper":  # checked before anything heavy is loaded or opened
+        if mode is not Mode.live:
+            raise typer.BadParameter(f"{broker.value} trades live only; add --mode live (a replay trades on the paper "
+                                     "broker)", param_hint="'--broker'")
+        venue = _venue(broker.value, endpoint, trade_updates_url)
     from datetime import date
     from bifrost.core import LiveClock
-    from bifrost.strategy.session import session_broker, trade_session
+    from bifrost.strategy.session import trade_session
     store = open_store()
     if strategy is not None:
         known = sorted(set(store.query("SELECT name FROM strategy_versions")["name"]))
@@ -158,7 +177,7 @@ def trade(account: str, session: str = typer.Option(..., callback=iso_date, help
     s = trade_session(store, account, date.fromisoformat(session), strategy=strategy, version=version, mode=mode.value,
                       bar_size=bar_size_, extended_hours=extended_hours, clock=LiveClock() if mode is Mode.live else None,
                       symbols=symbol_list(symbols), stream_url=stream_url,
-                      broker=session_broker(broker.value, endpoint, trade_updates_url or ""), resume=resume)
+                      broker=venue, resume=resume)
     typer.echo(f"{s.account} {s.session} [{s.mode}] version {s.version}: {s.orders} orders, {s.fills} fills, "
                f"{s.refused} refused by the gate, P&L {s.pnl} — {s.status}")
     if s.status != "done":

@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace as with_changes  # AlpacaBroker.replace is an order replacement
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -22,8 +23,8 @@ from alpaca.trading.requests import (GetOrdersRequest, LimitOrderRequest, Market
 from alpaca.trading.stream import TradingStream
 from requests.adapters import HTTPAdapter
 
-from ..core import (BrokerError, BrokerOrder, BrokerUnavailableError, ConfigError, Fill, Order,
-                          OrderRejectedError, OrderStatus, OrderType)
+from ..core import (BrokerCapabilities, BrokerError, BrokerOrder, BrokerUnavailableError, ConfigError, Fill, Order,
+                          OrderRejectedError, OrderStatus, OrderType, TimeInForce)
 from ..data.remote import alpaca_keys
 
 # %% auto #0
@@ -106,6 +107,8 @@ def _stream_fill(data: dict) -> Fill:
 class AlpacaBroker:
     "The `bifrost.core.Broker` protocol at Alpaca, through `alpaca-py`; keys from the environment."
     name = "alpaca"
+    capabilities = BrokerCapabilities(set(OrderType), set(TimeInForce), bracket=True, oco=True, oto=True,
+                                      trailing_stop=True, fractional=True, paper=True)
 
     def __init__(self,
                  paper: bool = True,  # the paper account; False trades real money
@@ -114,8 +117,12 @@ class AlpacaBroker:
                  timeout: float = 10.0,  # seconds to wait for any answer
                  rate_limit_retries: int = 1,  # retries after HTTP 429, `retry_wait` apart
                  retry_wait: float = 1.0):
-        self._keys = alpaca_keys(ConfigError)  # a broker without keys is misconfigured
+        try:
+            self._keys = alpaca_keys(ConfigError)  # a broker without keys is misconfigured
+        except ConfigError as err:  # the hint for trading, not the market-data one
+            raise ConfigError(str(err).partition("\n  hint:")[0], hint=_KEY_HINT) from None
         self.paper, self.stream_url = paper, stream_url
+        self.capabilities = with_changes(type(self).capabilities, paper=paper)
         self.client = TradingClient(*self._keys, paper=paper, url_override=url_override)
         self.client._retry, self.client._retry_wait, self.client._retry_codes = rate_limit_retries, retry_wait, [429]
         for prefix in ("https://", "http://"):

@@ -6,14 +6,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import replace as with_changes
 from datetime import datetime
 from decimal import Decimal
 
 from ib_insync import IB, LimitOrder, MarketOrder, Stock, StopLimitOrder, StopOrder, Trade, util
 from ib_insync.order import Order as IBOrder
 
-from ..core import (BrokerOrder, BrokerUnavailableError, Fill, Order, OrderRejectedError, OrderStatus,
-                          OrderType)
+from ..core import (BrokerCapabilities, BrokerOrder, BrokerUnavailableError, Fill, Order, OrderRejectedError,
+                          OrderStatus, OrderType, TimeInForce)
 
 # %% auto #0
 __all__ = ['broker_order', 'ib_order', 'IBBroker']
@@ -51,6 +53,12 @@ def ib_order(order: Order) -> IBOrder:
     "The `ib_insync` order for a Bifrost order; the client order id travels as `orderRef`."
     action, qty = order.side.value.upper(), float(order.quantity)
     kw = dict(orderRef=order.client_order_id, tif=order.time_in_force.value.upper())
+    if order.time_in_force is TimeInForce.CLS:  # IB's market- and limit-on-close are order types of a day order
+        if order.order_type not in (OrderType.MARKET, OrderType.LIMIT):
+            raise ValueError(f"IB trades at the close only market or limit orders, not {order.order_type.value}")
+        close = {"orderType": "MOC"} if order.order_type is OrderType.MARKET else \
+            {"orderType": "LOC", "lmtPrice": float(order.limit_price)}
+        return IBOrder(action=action, totalQuantity=qty, orderRef=order.client_order_id, tif="DAY", **close)
     match order.order_type:
         case OrderType.MARKET:
             return MarketOrder(action, qty, **kw)
@@ -70,6 +78,8 @@ def _same(trade: Trade, order: Order) -> bool:
 class IBBroker:
     "The `bifrost.core.Broker` protocol at Interactive Brokers, through `ib_insync` and TWS or IB Gateway."
     name = "ib"
+    capabilities = BrokerCapabilities(set(OrderType), set(TimeInForce), bracket=True, oco=True, oto=True,
+                                      trailing_stop=True, paper=True)  # fractional shares: not through the API
 
     def __init__(self,
                  ib: IB | None = None,  # an `ib_insync.IB` (connected or not); None: a new one
@@ -86,6 +96,7 @@ class IBBroker:
         self.ib = ib or IB()
         self.host, self.port, self.client_id, self.account = host, port, client_id, account
         self.paper = port in (7497, 4002)  # TWS and IB Gateway's paper ports; any other port may be real money
+        self.capabilities = with_changes(type(self).capabilities, paper=self.paper)
         self.exchange, self.currency = exchange, currency
         self.ack_timeout, self.connect_timeout = ack_timeout, connect_timeout
 
@@ -93,12 +104,16 @@ class IBBroker:
         "Connect (again) to TWS; the session's orders and today's executions come back with it."
         if self.ib.isConnected():
             return self
+        quiet = logging.getLogger("ib_insync.client")  # it logs a refused connection itself; ours says what to do
+        level, quiet.level = quiet.level, logging.CRITICAL
         try:
             self.ib.connect(self.host, self.port, clientId=self.client_id, timeout=self.connect_timeout,
                             account=self.account)
         except (OSError, asyncio.TimeoutError) as err:
             raise BrokerUnavailableError(f"cannot connect to TWS at {self.host}:{self.port} ({type(err).__name__}: {err})",
                                          hint="start TWS or IB Gateway with the API enabled on that port") from err
+        finally:
+            quiet.setLevel(level)
         return self
 
     # the Broker protocol
