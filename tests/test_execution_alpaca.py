@@ -9,7 +9,7 @@ import pytest
 from bifrost.core import (Broker, SimulatedClock, BrokerError, BrokerUnavailableError, ConfigError, Order, OrderRejectedError,
                           OrderStatus, OrderType, Side, TimeInForce)
 from bifrost.execution.alpaca import AlpacaBroker
-from bifrost.execution.alpaca_fake import AlpacaFake
+from bifrost.testing.alpaca_fake import AlpacaFake
 
 KEYS = ("test-key", "test-secret")
 T0 = datetime(2024, 3, 4, 15, 0, tzinfo=timezone.utc)

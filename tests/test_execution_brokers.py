@@ -16,10 +16,10 @@ from ib_insync import IB
 
 from bifrost.core import (Broker, BrokerCapabilities, ConfigError, Order, OrderType, SimulatedClock, TimeInForce)
 from bifrost.execution.alpaca import AlpacaBroker
-from bifrost.execution.alpaca_fake import AlpacaFake
+from bifrost.testing.alpaca_fake import AlpacaFake
 from bifrost.execution.brokers import broker_capabilities, broker_entry, broker_names, make_broker
 from bifrost.execution.ib import IBBroker
-from bifrost.execution.ib_fake import TWSFake
+from bifrost.testing.ib_fake import TWSFake
 from bifrost.execution.paper import PaperBroker
 
 EXE = Path(sys.executable).with_name("bifrost")

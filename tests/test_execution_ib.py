@@ -8,7 +8,7 @@ from ib_insync import IB
 from bifrost.core import (BrokerUnavailableError, Order, OrderRejectedError, OrderStatus, OrderType, Side,
                           SimulatedClock, TimeInForce)
 from bifrost.execution.ib import IBBroker
-from bifrost.execution.ib_fake import TWSFake
+from bifrost.testing.ib_fake import TWSFake
 
 T0 = datetime(2024, 3, 4, 15, 0, tzinfo=timezone.utc)
 
