@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from bifrost.store import Store
 
 # %% auto #0
-__all__ = ['config_app', 'db_app', 'ingest_app', 'data_app', 'config_show', 'db_migrate', 'db_status', 'Basis', 'SessionHours',
-           'report_ingest', 'ingest_sample', 'ingest_file', 'ingest_yfinance', 'ingest_alpaca', 'store_summary',
-           'quarantine_summary', 'Adjust', 'data_list', 'data_show', 'data_quality', 'data_quarantine']
+__all__ = ['config_app', 'db_app', 'ingest_app', 'data_app', 'config_show', 'db_migrate', 'db_status', 'db_backup', 'db_restore',
+           'Basis', 'SessionHours', 'report_ingest', 'ingest_sample', 'ingest_file', 'ingest_yfinance', 'ingest_alpaca',
+           'store_summary', 'quarantine_summary', 'Adjust', 'data_list', 'data_show', 'data_quality', 'data_quarantine']
 
 # %% ../../nbs/13b_commands.data.ipynb #d1515974
 config_app = typer.Typer(help="Bifrost's configuration.", no_args_is_help=True)
@@ -68,6 +68,36 @@ def db_status():
     typer.echo(f"schema:    version {st.version} of {st.latest}; pending {st.pending or 'none'}")
     for t, n in st.tables.items():
         typer.echo(f"  {t:<18} {n:>10,} rows")
+
+# %% ../../nbs/13b_commands.data.ipynb #b7c4d1e2
+@db_app.command("backup")
+def db_backup(path: Path = typer.Argument(..., help="A new folder: the store's data and its manifest.json go there.")):
+    "Back up the store into PATH, consistent while sessions write (DuckDB EXPORT DATABASE, PostgreSQL pg_dump)."
+    from bifrost.backup import backup
+    from bifrost.core import LiveClock, load_settings
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise typer.BadParameter(f"{path} exists and is not an empty folder; a backup goes into a new one, e.g. "
+                                 f"{path.with_name(path.name + '-2')}", param_hint="'PATH'")
+    m = backup(load_settings().store_url, path, LiveClock())
+    typer.echo(str(m))
+    typer.echo(f"written to {path} (manifest.json beside the data); bring it back with: bifrost db restore {path}")
+
+@db_app.command("restore")
+def db_restore(path: Path = typer.Argument(..., exists=True, file_okay=False, help="A folder bifrost db backup wrote."),
+               force: bool = typer.Option(False, "--force", help="Replace a store that holds rows (kept aside).")):
+    "Restore the backup in PATH into the store, once its audit trail proves to end where it ended at backup time."
+    from bifrost.backup import MANIFEST, StoreNotEmptyError, restore
+    from bifrost.core import LiveClock, load_settings
+    if not (path / MANIFEST).is_file():
+        raise typer.BadParameter(f"{path} holds no {MANIFEST}, so it is not a backup; give the folder that "
+                                 "bifrost db backup PATH wrote", param_hint="'PATH'")
+    try:
+        r = restore(load_settings().store_url, path, LiveClock(), force=force)
+    except StoreNotEmptyError as err:
+        message, _, hint = str(err).partition("\n  hint: ")
+        raise typer.BadParameter(f"{message}; {hint}", param_hint="'--force'") from None
+    for line in r.lines():
+        typer.echo(line)
 
 # %% ../../nbs/13b_commands.data.ipynb #54d66f2f
 class Basis(str, Enum):
