@@ -28,7 +28,11 @@ TRADE = """import sys
 sys.path.insert(0, sys.argv[2])
 import datetime as dt
 from bifrost.store import connect
+import time
+from bifrost.strategy import paper
 from bifrost.strategy.session import trade_session
+step = paper.PaperRunner.step  # paced like a live feed, compressed: a replayed day would end before the flip lands
+paper.PaperRunner.step = lambda self, *a, **k: (time.sleep(0.03), step(self, *a, **k))[1]
 try:
     trade_session(connect(sys.argv[1]), "acct", dt.date(2013, 10, 9), strategy="breakout", symbols=["SPY"],
                   progress=False)

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,10 +18,15 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pandas as pd
+
 from ..core import (AccountState, Broker, BrokerOrder, BrokerUnavailableError, Check, Clock, Decision, Fill,
                           Order, OrderRejectedError, OrderStatus, StoreLockedError, TimeInForce, TradingCalendar,
                           Verdict)
-from .orders import (OPEN_STATUSES, IllegalTransitionError, OrderError, OrderJournal, OrderRecord)
+from .events import (Accepted, CancelRequested, Cancelled, Expired, Filled, IllegalTransitionError,
+                                      OrderError, OrderEvent, OrderRecord, OutcomeUnknown, PartiallyFilled, Rejected,
+                                      Submitted)
+from .orders import OPEN_STATUSES, OrderJournal
 from .resilience import (BrokerCaller, CircuitBreaker, CircuitOpenError, CircuitState, RetryPolicy,
                                           log)
 from ..portfolio.ledger import Portfolio
@@ -118,6 +124,8 @@ def audit_kill_switch(store: Store, audit) -> int:
             _write_switch(path, {**state, "pending": []})
     return len(todo)
 
+_HELD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # DuckDB store -> (connection epoch, switch row)
+
 def kill_switch(store: Store) -> dict:
     "The kill switch's state: `on`, and when and why it was last set (on DuckDB read from its file, never blocked)."
     path = switch_file(store)
@@ -126,10 +134,14 @@ def kill_switch(store: Store) -> dict:
         at = state.get("set_at")
         return {"on": bool(state["on"]), "set_at": None if at is None else datetime.fromisoformat(at),
                 "reason": state["reason"]}
-    row = store.query("SELECT value, set_at, reason FROM trading_controls WHERE name = ?", [KILL_SWITCH])
-    if row.empty:
-        return {"on": False, "set_at": None, "reason": ""}
-    return {"on": row.value.iat[0] == "on", "set_at": row.set_at.iat[0].to_pydatetime(), "reason": row.reason.iat[0]}
+    if path is not None and store._con is not None and _HELD.get(store, (None,))[0] == store.epoch:
+        return _HELD[store][1]  # no file, and no other process could write the DuckDB file while this one held it
+    row = store.row("SELECT value, set_at, reason FROM trading_controls WHERE name = ?", [KILL_SWITCH])
+    state = ({"on": False, "set_at": None, "reason": ""} if row is None else
+             {"on": row[0] == "on", "set_at": pd.Timestamp(row[1]).tz_convert("UTC").to_pydatetime(), "reason": row[2]})
+    if path is not None and store._con is not None:
+        _HELD[store] = (store.epoch, state)
+    return state
 
 def kill_switch_on(store: Store) -> bool:
     return kill_switch(store)["on"]
@@ -140,7 +152,10 @@ class _SwitchedOff(Exception):
 
 _S = OrderStatus
 _RETRY = RetryPolicy()
-_AS_OPEN = {_S.NEW: _S.ACCEPTED, _S.PENDING_SUBMIT: _S.ACCEPTED}  # the broker has it: for us it is accepted
+# a broker's answer as the event it reports (new or pending submit at the broker: it holds the order, it is accepted)
+_REPORTS = {_S.NEW: Accepted, _S.PENDING_SUBMIT: Accepted, _S.ACCEPTED: Accepted, _S.PARTIALLY_FILLED: PartiallyFilled,
+            _S.FILLED: Filled, _S.PENDING_CANCEL: CancelRequested, _S.CANCELLED: Cancelled, _S.REJECTED: Rejected,
+            _S.EXPIRED: Expired, _S.UNKNOWN: OutcomeUnknown}
 
 class OMS:
     "The order management system of one account at one broker: gate, persist, send, track, fill, recover."
@@ -189,19 +204,21 @@ class OMS:
                 self._recent.pop(next(iter(self._recent)))
         return rec
 
-    def _save(self, old: OrderRecord, new: OrderRecord, detail: str) -> OrderRecord:
-        self.journal.save(old, new, detail)
-        log.info("%s %s: %s -> %s %s", self.account, new.client_order_id, old.status.value, new.status.value, detail)
-        return self._keep(new)
-
-    def _move(self, rec: OrderRecord, to: OrderStatus, detail: str, **changes) -> OrderRecord:
-        "Persist (audit first) and adopt one transition; an illegal one is logged as an anomaly, not applied."
+    def _apply(self, rec: OrderRecord, event: OrderEvent) -> OrderRecord:
+        "Apply `event`, persist it (audited, one transaction), then adopt it; one the order's state refuses is an anomaly."
         try:
-            new = rec.transition(to, self.clock.now(), detail, **changes)
+            new = rec.apply(event)
         except IllegalTransitionError as err:
             self._anomaly(f"{rec.client_order_id}: {err}")
             return rec
-        return self._save(rec, new, detail)
+        self.journal.record([(rec, new, event)])
+        log.info("%s %s: %s -> %s %s", self.account, new.client_order_id, rec.status.value, new.status.value,
+                 event.detail)
+        return self._keep(new)
+
+    def _event(self, kind: type, rec: OrderRecord, detail: str, **fields) -> OrderRecord:
+        "Apply an event of type `kind` that happened now."
+        return self._apply(rec, kind(rec.client_order_id, self.clock.now(), detail, **fields))
 
     def _anomaly(self, what: str) -> None:
         log.error("%s: %s", self.account, what)
@@ -236,20 +253,20 @@ class OMS:
             st = replace(st, open_orders=tuple(r.order for r in self._orders().values()))
         verdict = self.gate(order, st)
         decision = Decision(order, tuple(verdict.checks) + self._controls(order))
-        rec = OrderRecord.new(order, self.account, self.broker.name, now, parent_id=parent_id, strategy=strategy)
-        if decision.approved:
-            rec, detail = rec.transition(_S.PENDING_SUBMIT, now, "passed the gate"), "passed the gate"
-        else:
-            detail = "; ".join(decision.reasons)
-            rec = rec.transition(_S.REJECTED, now, detail)
+        new = OrderRecord.new(order, self.account, self.broker.name, now, parent_id=parent_id, strategy=strategy)
+        detail = "passed the gate" if decision.approved else "; ".join(decision.reasons)
+        event = (Submitted if decision.approved else Rejected)(order.client_order_id, now, detail)
+        rec = new.apply(event)
         try:
-            with self.store.transaction():  # the decision, the audit record and the order row: one short commit
-                self.journal.decide(decision, self.account, now)
-                # the audit append holds the trail's lock to the commit, and the switch is audited under it: a switch
-                # set since the gate asked is seen here, so no order is persisted after the switch's own record
-                if decision.approved and kill_switch_on(self.store):
-                    raise _SwitchedOff
-                self.journal.create(rec, detail)
+            with self.store.transaction():  # the decision, its audit records and the order's rows: one commit
+                if decision.approved:
+                    if self.store.dialect == "postgresql":  # the trail's lock, which the switch's own record takes
+                        self.store.execute("SELECT pg_advisory_xact_lock('audit_log'::regclass::oid::bigint)")
+                    # held to the commit: a switch set since the gate asked is seen here, so no order is persisted
+                    # after the switch's record
+                    if kill_switch_on(self.store):
+                        raise _SwitchedOff
+                self.journal.record([(new, rec, event)], decisions=[(decision, self.account, now)])
         except _SwitchedOff:  # rolled back: asked again, the gate's controls now refuse it
             return self.submit(order, strategy=strategy, parent_id=parent_id)
         except Exception:  # most often a client order id used before (another run): its primary key says so
@@ -282,7 +299,7 @@ class OMS:
         except OrderRejectedError as err:
             return self._refused(rec, err)
         except BrokerUnavailableError as err:
-            rec = self._move(rec, _S.UNKNOWN, f"submit: no answer ({err})")
+            rec = self._event(OutcomeUnknown, rec, f"submit: no answer ({err})")
             return self._resolve(rec)
         if self.hook is not None:
             self.hook("sent", rec)
@@ -293,9 +310,9 @@ class OMS:
         try:
             answer = self.caller.call("get_order", rec.client_order_id)
         except BrokerUnavailableError:
-            return self._move(rec, _S.UNKNOWN, f"refused ({err}), then no answer")
+            return self._event(OutcomeUnknown, rec, f"refused ({err}), then no answer")
         if answer is None or answer.status is _S.REJECTED:
-            return self._move(rec, _S.REJECTED, f"broker refused: {err}")
+            return self._event(Rejected, rec, f"broker refused: {err}")
         return self._adopt(rec, answer)
 
     def _resolve(self, rec: OrderRecord, cancelled_as: OrderStatus = _S.CANCELLED) -> OrderRecord:
@@ -311,51 +328,49 @@ class OMS:
         "The broker says it has never seen the order: the one case that allows a resend."
         if rec.broker_order_id is not None:  # it had acknowledged it: a broker that forgets is not 'cancelled'
             if rec.status is not _S.UNKNOWN:
-                rec = self._move(rec, _S.UNKNOWN, "the broker no longer knows this order")
+                rec = self._event(OutcomeUnknown, rec, "the broker no longer knows this order")
             self._anomaly(f"{rec.client_order_id}: acknowledged as {rec.broker_order_id}, now unknown to the broker")
             return rec
         if rec.status is _S.PENDING_CANCEL:
-            return self._move(rec, _S.CANCELLED, "cancelled before it reached the broker")
+            return self._event(Cancelled, rec, "cancelled before it reached the broker")
         if kill_switch_on(self.store):
-            return self._move(rec, _S.CANCELLED, "never reached the broker; not resent: kill switch on")
+            return self._event(Cancelled, rec, "never reached the broker; not resent: kill switch on")
         if self.clock.now() - rec.created_at > self.resend_within:
-            return self._move(rec, _S.EXPIRED, f"never reached the broker; not resent after {self.resend_within}")
+            return self._event(Expired, rec, f"never reached the broker; not resent after {self.resend_within}")
         if rec.status is _S.UNKNOWN:
-            rec = self._move(rec, _S.PENDING_SUBMIT, "the broker has never seen it: resending")
+            rec = self._event(Submitted, rec, "the broker has never seen it: resending")
         return self._send(rec)
 
     def _adopt(self, rec: OrderRecord, answer: BrokerOrder | None, cancelled_as: OrderStatus = _S.CANCELLED) -> OrderRecord:
-        "Take the broker's answer about `rec`: fills first, then its status."
+        "Take the broker's answer about `rec`: its fills first, then the event its status reports."
         if answer is None:
             return self._never_seen(rec)
         if answer.filled_quantity > rec.filled_quantity:
             self._collect_fills()
             rec = self.order(rec.client_order_id)
-        to = _AS_OPEN.get(answer.status, answer.status)
-        if to is _S.CANCELLED:
-            to = cancelled_as
-        if rec.status is _S.PENDING_CANCEL and to in (_S.ACCEPTED, _S.PARTIALLY_FILLED):
-            to = rec.status  # the cancel is still pending at the broker
-        if to is _S.PARTIALLY_FILLED and rec.status is _S.PARTIALLY_FILLED:
-            to = rec.status  # the fills moved it already
-        if rec.status.is_terminal and to is not rec.status:
-            self._anomaly(f"{rec.client_order_id}: broker says {answer.status.value}, we have {rec.status.value}")
+        said = cancelled_as if answer.status is _S.CANCELLED else answer.status
+        if rec.status.is_terminal:  # finished: the broker can only agree (its late fills came above)
+            if said is not rec.status:
+                self._anomaly(f"{rec.client_order_id}: broker says {answer.status.value}, we have {rec.status.value}")
             return rec
-        if to.is_terminal and answer.filled_quantity > rec.filled_quantity:  # its last fills are not here yet
+        kind = Expired if said is _S.EXPIRED else _REPORTS[answer.status]
+        event = kind(rec.client_order_id, self.clock.now(), answer.reason or f"broker: {answer.status.value}",
+                     broker_order_id=answer.broker_order_id or None)
+        try:
+            new = rec.apply(event)
+        except IllegalTransitionError as err:
+            self._anomaly(f"{rec.client_order_id}: {err}")
+            return rec
+        if (new.status, new.broker_order_id) == (rec.status, rec.broker_order_id):
+            return rec  # it told us what we knew: nothing to record
+        if new.status.is_terminal and answer.filled_quantity > rec.filled_quantity:  # its last fills are not here yet
             self._short[rec.client_order_id] = (rec.created_at, answer.filled_quantity)
-        changes = {"broker_order_id": answer.broker_order_id or rec.broker_order_id}
-        if to is rec.status:
-            if changes["broker_order_id"] != rec.broker_order_id:
-                return self._save(rec, replace(rec, **changes), "broker order id")
-            return rec
-        return self._move(rec, to, answer.reason or f"broker: {answer.status.value}", **changes)
+        return self._apply(rec, event)
 
     # -- fills -------------------------------------------------------------------------------------------
     def _fills_seen(self) -> set[str]:
         if self._seen is None:
-            df = self.store.query("SELECT fill_id, ts FROM order_fills WHERE broker = ?", [self.broker.name])
-            self._seen = set(df.fill_id)
-            self._last_fill = None if df.empty else df.ts.max().to_pydatetime()
+            self._seen, self._last_fill = self.journal.fill_ids(self.broker.name)
         return self._seen
 
     def _settled(self, fill: Fill) -> None:
@@ -378,8 +393,7 @@ class OMS:
         if fill.fill_id in self._fills_seen():
             return False
         rec = self.order(fill.client_order_id)
-        if rec is None and self.store.scalar("SELECT count(*) FROM orders WHERE client_order_id = ?",
-                                             [fill.client_order_id]):
+        if rec is None and self.journal.exists(fill.client_order_id):
             self._settled(fill)  # another account's order at the same broker: its own OMS records the fill
             return False
         ledger = self.portfolio is not None and rec is not None
@@ -389,13 +403,13 @@ class OMS:
             except LedgerError as err:
                 ledger = False
                 self._anomaly(f"fill {fill.fill_id} of {fill.client_order_id} refused by the ledger: {err}")
+        change = None if rec is None else self._fill_change(rec, fill)
         try:
-            with self.store.transaction():
-                if not self.journal.add_fill(self.broker.name, fill, self.account, order_known=rec is not None):
+            with self.store.transaction():  # the fill, the order's event and the ledger entry: one commit
+                if not self.journal.add_fill(self.broker.name, fill, self.account, order_known=rec is not None,
+                                             change=change):
                     self._settled(fill)  # recorded before (by an earlier run): the store says so
                     return False
-                if rec is not None:
-                    self._fill_order(rec, fill)
                 if ledger and fill.fill_id not in self.portfolio.book.txn_ids:
                     self.portfolio.apply(fill)  # last: the ledger's memory moves only once its row is written
         except BaseException:
@@ -407,32 +421,28 @@ class OMS:
         self._settled(fill)
         if rec is None:
             self._anomaly(f"fill {fill.fill_id} for an order this OMS did not send ({fill.client_order_id})")
+        if change is not None:
+            new = self._keep(change[1])
+            if new.filled_quantity >= self._short.get(new.client_order_id, (None, new.filled_quantity))[1]:
+                self._short.pop(new.client_order_id, None)
         return True
 
-    def _fill_order(self, rec: OrderRecord, fill: Fill) -> None:
-        q = rec.filled_quantity + fill.quantity
-        avg = (rec.filled_quantity * (rec.avg_fill_price or 0) + fill.quantity * fill.price) / q
-        now = self.clock.now()
-        new = rec.with_fills(q, avg, now)
-        if q > rec.quantity:
-            self._anomaly(f"{rec.client_order_id}: overfilled, {q} of {rec.quantity}")
-        if rec.status.is_terminal:
-            if rec.status is not _S.FILLED:
-                self._anomaly(f"{rec.client_order_id}: fill {fill.fill_id} after it was {rec.status.value}")
-            self._save(rec, new, f"fill {fill.fill_id}")
-        elif q >= rec.quantity:
-            self._save(rec, new.transition(_S.FILLED, now, f"fill {fill.fill_id}"), f"fill {fill.fill_id}")
-        elif rec.status is _S.PENDING_CANCEL:
-            self._save(rec, new, f"fill {fill.fill_id}")
-        else:
-            self._save(rec, new.transition(_S.PARTIALLY_FILLED, now, f"fill {fill.fill_id}"), f"fill {fill.fill_id}")
-        if q >= self._short.get(rec.client_order_id, (None, q))[1]:
-            self._short.pop(rec.client_order_id, None)
+    def _fill_change(self, rec: OrderRecord, fill: Fill) -> tuple | None:
+        "The order event `fill` makes, as (old, new, event); None (an anomaly) if the order cannot take it."
+        event = rec.fill_event(fill, self.clock.now())
+        try:
+            new = rec.apply(event)
+        except OrderError as err:  # e.g. overfilled: the fill is recorded (the broker's money moved), the order is not
+            self._anomaly(f"{rec.client_order_id}: {err}")
+            return None
+        if rec.status.is_terminal and rec.status is not _S.FILLED:
+            self._anomaly(f"{rec.client_order_id}: fill {fill.fill_id} after it was {rec.status.value}")
+        return (rec, new, event)
 
     # -- cancelling, cycles, recovery ------------------------------------------------------------------
     def _cancel(self, rec: OrderRecord, reason: str, cancelled_as: OrderStatus = _S.CANCELLED) -> OrderRecord:
         if rec.status is not _S.PENDING_CANCEL:
-            rec = self._move(rec, _S.PENDING_CANCEL, reason)  # audited before the broker hears of it
+            rec = self._event(CancelRequested, rec, reason)  # audited before the broker hears of it
         try:
             answer = self.caller.call("cancel", rec.client_order_id)
         except OrderRejectedError:  # e.g. it never reached the broker, or just finished: ask what it is
@@ -499,7 +509,7 @@ class OMS:
                 answer = self.caller.call("get_order", rec.client_order_id)
             except BrokerUnavailableError as err:
                 if rec.status is _S.PENDING_SUBMIT:  # maybe sent before the restart: unknown until the broker says
-                    self._move(rec, _S.UNKNOWN, f"restart: the broker did not answer ({err})")
+                    self._event(OutcomeUnknown, rec, f"restart: the broker did not answer ({err})")
                 continue
             self._adopt(rec, answer)
         try:
@@ -514,9 +524,9 @@ class OMS:
         "Apply recorded fills of this account's orders that the ledger does not hold (by txn id: never twice)."
         if self.portfolio is None:
             return 0
-        df = self.store.query("SELECT f.fill_id FROM order_fills f JOIN orders o ON o.client_order_id = f.client_order_id "
-                              "WHERE o.account = ? AND f.broker = ?", [self.account, self.broker.name])
-        missing = set(df.fill_id) - self.portfolio.book.txn_ids
+        ours = self.store.rows("SELECT f.fill_id FROM order_fills f JOIN orders o ON o.client_order_id = f.client_order_id "
+                               "WHERE o.account = ? AND f.broker = ?", [self.account, self.broker.name])
+        missing = {r[0] for r in ours} - self.portfolio.book.txn_ids
         n = 0
         for fill in self.journal.fills(broker=self.broker.name):
             if fill.fill_id in missing:
@@ -529,9 +539,7 @@ class OMS:
 
     def status(self) -> dict:
         "Counts of this account's orders by status, open and unknown orders, circuit breaker, kill switch, anomalies."
-        counts = self.store.query("SELECT status, count(*) AS n FROM orders WHERE account = ? GROUP BY status",
-                                  [self.account])
-        by = {r.status: int(r.n) for r in counts.itertuples(index=False)}
+        by = self.journal.counts(self.account)
         return {"account": self.account, "broker": self.broker.name, "orders": by,
                 "open": sum(by.get(s.value, 0) for s in OPEN_STATUSES), "unknown": by.get("unknown", 0),
                 "kill_switch": kill_switch(self.store), "circuit": self.caller.breaker.snapshot(),

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pandas as pd
 
-from ..core import (Bar, BrokerOrder, Clock, Fill, Instrument, Order, OrderRejectedError, OrderStatus,
+from ..core import (Bar, BrokerCapabilities, BrokerOrder, Clock, Fill, Instrument, Order, OrderRejectedError, OrderStatus,
                           OrderType, Side, TimeInForce, TradingCalendar)
 from .costs import Commission, ImpactSlippage, Slippage
 
@@ -51,6 +51,8 @@ class PaperBroker:
     "A simulated broker filling orders against the bars it is fed; implements `bifrost.core.Broker`."
     name = "paper"
     paper = True  # no real money: any strategy version may trade here
+    capabilities = BrokerCapabilities(set(OrderType), {TimeInForce.DAY, TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK,
+                                                       TimeInForce.OPG}, paper=True)
 
     def __init__(self,
                  clock: Clock,  # when orders are accepted and expire
