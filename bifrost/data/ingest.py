@@ -81,27 +81,27 @@ def _watermark(store: Store, feed_id: str, now: pd.Timestamp | None = None) -> p
     sql, params = "SELECT max(last_ts) FROM ingestions WHERE source = ?", [feed_id]
     if now is not None:
         sql, params = sql + " AND last_ts <= ?", params + [pd.Timestamp(now)]
-    v = store.scalar(sql, params)
-    return None if v is None or pd.isna(v) else pd.Timestamp(v)
+    return _none_if_nat(store.row(sql, params)[0])
 
 def _open_series(store: Store, feed: Feed, sym: str) -> pd.Timestamp | None:
     """Claim series `sym` for `feed` (refused if another vendor or basis feeds it), file the instrument under the
     feed's asset class, and return the series' last stored bar: three statements at most."""
     spec = feed.spec
-    row = store.query("SELECT s.source, s.basis, (SELECT max(ts) FROM bars WHERE symbol = ? AND bar_size = ?) AS until "
-                      "FROM (SELECT 1 AS one) AS o LEFT JOIN series AS s ON s.symbol = ? AND s.bar_size = ?",
-                      (sym, spec.bar_size, sym, spec.bar_size))
-    source, basis, until = row.iat[0, 0], row.iat[0, 1], row.iat[0, 2]
-    if isinstance(source, str) and (source != feed.vendor or basis != spec.basis):
+    source, basis, until, filed_as = store.row(
+        "SELECT s.source, s.basis, (SELECT max(ts) FROM bars WHERE symbol = ? AND bar_size = ?), "
+        "(SELECT asset_class FROM instruments WHERE symbol = ?) "
+        "FROM (SELECT 1 AS one) AS o LEFT JOIN series AS s ON s.symbol = ? AND s.bar_size = ?",
+        (sym, spec.bar_size, sym, sym, spec.bar_size))
+    if source is not None and (source != feed.vendor or basis != spec.basis):
         raise DataError(f"{sym} {spec.bar_size} comes from {source} ({basis} prices); "
                         f"refusing to mix in {feed.source} ({spec.basis} prices)",
                         hint="ingest the other vendor into a separate store (BIFROST_DB_URL) to compare them")
     check_symbol(sym)
-    store.execute("INSERT INTO instruments (symbol, name, asset_class, currency, exchange, tick_size, lot_size, sector) "
-                  "VALUES (?, '', ?, 'USD', ?, 0.01, 1, NULL) ON CONFLICT (symbol) DO UPDATE SET asset_class = "
-                  "excluded.asset_class WHERE instruments.asset_class <> excluded.asset_class",
-                  (sym, spec.asset_class.value, spec.calendar or ""))  # a feed tells us the class of what it fills
-    if not isinstance(source, str):
+    if filed_as != spec.asset_class.value:
+        store.execute("INSERT INTO instruments (symbol, name, asset_class, currency, exchange, tick_size, lot_size, sector) "
+                      "VALUES (?, '', ?, 'USD', ?, 0.01, 1, NULL) ON CONFLICT (symbol) DO UPDATE SET asset_class = "
+                      "excluded.asset_class", (sym, spec.asset_class.value, spec.calendar or ""))  # a feed tells us the class
+    if source is None:
         store.execute("INSERT INTO series (symbol, bar_size, source, basis) VALUES (?, ?, ?, ?) "
                       "ON CONFLICT (symbol, bar_size) DO NOTHING", (sym, spec.bar_size, feed.vendor, spec.basis))
     return _none_if_nat(until)
@@ -164,6 +164,10 @@ class _FeedWriter:
             self.reasons[Reason.MALFORMED_LINE.value] = self.reasons.get(Reason.MALFORMED_LINE.value, 0) + len(chunk.rejects)
         if not len(bars):
             return
+        if self.periods.empty:  # a ticker never mapped is its own symbol: no row to sort out
+            good, bad = self._validator(self.spec.ticker).push(bars, last=last)
+            self._write(good.assign(symbol=self.spec.ticker), bad.assign(symbol=self.spec.ticker))
+            return
         symbol = _resolve(self.periods, self.spec.ticker, bars.ts.fillna(pd.Timestamp("1900-01-01", tz="UTC")),
                           daily=self.spec.bar_size == "1d")
         unmapped = bars[symbol.isna().to_numpy()]
@@ -193,9 +197,12 @@ class _FeedWriter:
                 ["symbol", "bar_size", "ts", "open", "high", "low", "close", "volume", "source"]]
             sym = rows.symbol.iloc[0]
             until = self.stored_until.get(sym)
-            new = rows.ts > until if until is not None else pd.Series(True, index=rows.index)
-            self.store.append("bars", rows[new])  # after everything the series held: nothing to replace
-            self.store.upsert("bars", rows[~new], ["symbol", "bar_size", "ts"])
+            if until is None or rows.ts.min() > until:  # the usual case: every row after what the series held
+                self.store.append("bars", rows)
+            else:
+                new = (rows.ts > until).to_numpy()
+                self.store.append("bars", rows[new])  # after everything the series held: nothing to replace
+                self.store.upsert("bars", rows[~new], ["symbol", "bar_size", "ts"])
             self.written += len(rows)
             top = rows.ts.max()
             self.last_ts = top if self.last_ts is None or top > self.last_ts else self.last_ts

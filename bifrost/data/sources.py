@@ -26,13 +26,14 @@ import pyarrow.parquet as pq
 from ..core import BAR_SIZES, AssetClass, DataError, TradingCalendar, check_symbol
 
 # %% auto #0
-__all__ = ['BASES', 'CHUNK_ROWS', 'SAMPLE', 'LEAN_REFERENCE', 'FeedSpec', 'Feed', 'ReferenceData', 'Source', 'FileEvents',
-           'session_day', 'table_events', 'parse_bars', 'lean_ticker_history', 'lean_corporate_actions', 'read_table',
-           'read_lean_file', 'FileSource', 'SampleFile', 'SampleSource']
+__all__ = ['BASES', 'CHUNK_ROWS', 'ONE_PASS_BYTES', 'SAMPLE', 'LEAN_REFERENCE', 'FeedSpec', 'Feed', 'ReferenceData', 'Source',
+           'FileEvents', 'session_day', 'table_events', 'parse_bars', 'lean_ticker_history', 'lean_corporate_actions',
+           'read_table', 'read_lean_file', 'FileSource', 'SampleFile', 'SampleSource']
 
 # %% ../../nbs/02b_data.sources.ipynb #6337ef3d
 BASES = ("raw", "split")
 CHUNK_ROWS = 50_000  # rows read, validated and written at a time: memory stays flat whatever the file's size
+ONE_PASS_BYTES = 8 << 20  # a CSV up to this size is read in one pass (a survey pass costs more than a small file)
 
 @dataclass(frozen=True, slots=True)
 class FeedSpec:
@@ -142,6 +143,12 @@ def _parse_ts(col: pd.Series, spec: FeedSpec, offset_majority: bool | None = Non
     else:
         text = col.astype("string").str.strip()
         offset = _has_offset(text)
+        if not offset.any() and not offset_majority:  # the usual file, local times only: a few steps, not ten
+            naive = pd.to_datetime(text, errors="coerce", format="ISO8601")
+            ts = (naive.dt.normalize().dt.tz_localize("UTC") if daily else
+                  naive.dt.tz_localize(spec.tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC"))
+            if ts.notna().all():
+                return ts.astype("datetime64[us, UTC]"), note
         naive = pd.to_datetime(text.where(~offset), errors="coerce", format="ISO8601")
     ts = pd.Series(pd.NaT, index=col.index, dtype="datetime64[us, UTC]")
     if (~offset).any():
@@ -212,13 +219,11 @@ def parse_bars(table: pd.DataFrame, spec: FeedSpec, source: str, ref_prefix: str
     ts, note = _parse_ts(table[tcol], spec, events.offset_majority)
     if whole and len(table) and ts.isna().all() and note.notna().all():
         raise _unreadable_times(ref_prefix, tcol, note.iloc[0])
-    bars = pd.DataFrame({"ts": ts})
-    for c in ("open", "high", "low", "close", "volume"):
-        col = table[c]
-        bars[c] = (col if col.dtype == np.float64 else pd.to_numeric(col, errors="coerce")).to_numpy(float)
     lines = np.arange(2, len(table) + 2) if lines is None else lines  # line 1 is the header
-    bars["row_ref"] = f"{ref_prefix}:" + pd.Series(lines).astype(str)
-    bars["ts_note"] = note  # why a row's time is unusable (None when it is fine)
+    bars = pd.DataFrame({"ts": ts, **{c: (table[c] if table[c].dtype == np.float64 else pd.to_numeric(table[c], errors="coerce")
+                                          ).to_numpy(float) for c in ("open", "high", "low", "close", "volume")},
+                         "row_ref": f"{ref_prefix}:" + pd.Series(lines).astype(str),
+                         "ts_note": note})  # ts_note: why a row's time is unusable (None when it is fine)
     dividends = events.dividends
     if spec.basis == "split" and events.split_column:
         bars, dividends = _unadjust(bars, session_day(ts, spec).reset_index(drop=True), events.splits, dividends)
@@ -413,9 +418,19 @@ def _scan_csv(path: Path, kind: str, spec: FeedSpec) -> _Scan:
     survey = (f"SELECT count(*), count(*) FILTER (WHERE {offset}), list({t}) FILTER (WHERE {event}), "
               f"list({num(split_col) if split_col else 'NULL'}) FILTER (WHERE {event}), "
               f"list({num(div_col) if div_col else 'NULL'}) FILTER (WHERE {event}) FROM {src} WHERE {every}")
-    con = _reader()  # kept open for the rows: a connection costs more than a small file's survey
+    select = ", ".join([f'{col[tcol]} AS "{tcol}"'] + [f"{num(col[c])} AS {c}" for c in _BAR_COLUMNS])
+    con, data = _reader(), None
     try:
-        n, n_offset, when, split, dividend = con.execute(survey).fetchall()[0]  # all: fetchone leaves no reject_errors
+        if path.stat().st_size <= ONE_PASS_BYTES:  # a small file is read once, and surveyed from what was read
+            data = con.sql(f"SELECT {select}, coalesce({offset}, false) AS _offset, coalesce({event}, false) AS _event, "
+                               f"CASE WHEN {event} THEN {t} END AS _when, {num(split_col) if split_col else 'NULL'} AS _split, "
+                               f"{num(div_col) if div_col else 'NULL'} AS _div FROM {src} WHERE {every}").to_arrow_table()
+            listed = data.filter(data["_event"])
+            n, n_offset = data.num_rows, int(pc.sum(data["_offset"]).as_py() or 0)
+            when, split, dividend = (listed[c].to_pylist() for c in ("_when", "_split", "_div"))
+            data = data.select([tcol, *_BAR_COLUMNS])
+        else:  # a large one is surveyed first, then streamed: memory stays flat
+            n, n_offset, when, split, dividend = con.execute(survey).fetchall()[0]  # all: fetchone leaves no reject_errors
         rejects = con.execute("""SELECT line, string_agg(DISTINCT error_type || ': ' || error_message, '; ') AS detail,
                                         min(csv_line) AS raw
                                  FROM reject_errors GROUP BY line ORDER BY line""").df()
@@ -434,9 +449,14 @@ def _scan_csv(path: Path, kind: str, spec: FeedSpec) -> _Scan:
             found[name] = pd.Series(values or [], dtype=float)
     events = _events_from(found, spec, majority, split_col is not None)
     rejected = np.sort(rejects.line.to_numpy(np.int64))
-    select = ", ".join([f'{col[tcol]} AS "{tcol}"'] + [f"{num(col[c])} AS {c}" for c in _BAR_COLUMNS])
 
     def chunks(rows: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        if data is not None:
+            con.close()
+            for first in range(0, data.num_rows, rows):
+                table = data.slice(first, rows).to_pandas()
+                yield table, _lines_of(first, len(table), rejected)
+            return
         try:
             reader, first = con.sql(f"SELECT {select} FROM {src} WHERE {every}").to_arrow_reader(rows), 0
             for batch in reader:

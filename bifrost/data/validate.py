@@ -58,22 +58,35 @@ class Bounds:
         pd.Timestamp(self.earliest)  # raises on a malformed date
 
 # %% ../../nbs/02a_data.validate.ipynb #b0a5d0c3
+_NAT = np.iinfo(np.int64).min  # NaT as int64
+_US_PER_DAY = 86_400_000_000
+
+def _micros(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    "Times as int64 microseconds since the epoch (NaT: the smallest int64): the rules compare these, not Timestamps."
+    return ts.as_unit("us").asi8 if isinstance(ts, pd.DatetimeIndex) else ts.dt.as_unit("us").array.asi8
+
+def _us(t) -> int:
+    "A time as int64 microseconds since the epoch (`Timestamp.value` is nanoseconds, whatever the unit)."
+    return int(pd.Timestamp(t).to_datetime64().astype("datetime64[us]").astype(np.int64))
+
 def _time_rules(f: pd.DataFrame, bar_size: str, bounds: Bounds, now: pd.Timestamp | None,
-                tz: str) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
+                tz: str) -> list[tuple[Reason, np.ndarray, Callable[[pd.DataFrame], pd.Series]]]:
     ts = f.ts
+    t = _micros(ts)
+    known = t != _NAT
     unread = lambda rows: (rows.ts_note.fillna("timestamp missing") if "ts_note" in rows
                            else pd.Series("timestamp missing or unparseable", index=rows.index))
-    early = ts < pd.Timestamp(bounds.earliest, tz="UTC")
-    late = (ts > pd.Timestamp(now)) if now is not None else pd.Series(False, index=f.index)
-    off = pd.Series(False, index=f.index)
-    if bar_size != "1d" and ts.notna().any():
-        local = ts.dt.tz_convert(tz).dt.tz_localize(None)
-        since_midnight = (local - local.dt.normalize()).to_numpy().astype("timedelta64[us]").astype(np.int64)
+    odd = known & (t < _us(pd.Timestamp(bounds.earliest, tz="UTC")))
+    if now is not None:
+        odd |= known & (t > _us(now))
+    off = np.zeros(len(f), bool)
+    if bar_size != "1d" and known.any():
+        local = _micros(ts.dt.tz_convert(tz).dt.tz_localize(None))
         step = int(min(bar_size_delta(bar_size), pd.Timedelta(minutes=30)) / pd.Timedelta(microseconds=1))
-        off = pd.Series((since_midnight % step != 0) & ts.notna().to_numpy(), index=f.index)
+        off = known & (np.mod(local, _US_PER_DAY) % step != 0)
     late_text = f" or after now ({pd.Timestamp(now):%Y-%m-%d %H:%M} UTC)" if now is not None else ""
-    return [(Reason.BAD_TIMESTAMP, ts.isna(), unread),
-            (Reason.IMPLAUSIBLE_TIMESTAMP, (early | late).fillna(False), _at(f"before {bounds.earliest}{late_text}: ")),
+    return [(Reason.BAD_TIMESTAMP, ~known, unread),
+            (Reason.IMPLAUSIBLE_TIMESTAMP, odd, _at(f"before {bounds.earliest}{late_text}: ")),
             (Reason.OFF_GRID, off, _at(f"between two {bar_size} bars (seconds or minutes off the grid): "))]
 
 # %% ../../nbs/02a_data.validate.ipynb #089de472
@@ -85,43 +98,48 @@ def _describe(f: pd.DataFrame) -> pd.Series:
     return ("o=" + _text(f.open) + " h=" + _text(f.high) + " l=" + _text(f.low)
             + " c=" + _text(f.close) + " v=" + _text(f.volume))
 
-def _row_rules(f: pd.DataFrame, bounds: Bounds) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
+def _row_rules(f: pd.DataFrame, bounds: Bounds) -> list[tuple[Reason, np.ndarray, Callable[[pd.DataFrame], pd.Series]]]:
     "Each rule as (reason, mask of failing rows, detail of failing rows); details are built only for those."
-    p, v = f[PRICES], f.volume
-    finite_p, finite_v = np.isfinite(p), np.isfinite(v)
+    p = np.column_stack([f[c].to_numpy(float) for c in PRICES]) if len(f) else np.empty((0, 4))
+    v = f.volume.to_numpy(float)
     said = lambda prefix: (lambda rows: prefix + _describe(rows))
-    odd_price = finite_p & (p > 0) & ((p < bounds.min_price) | (p > bounds.max_price))
-    return [
-        (Reason.NON_FINITE, (p.notna() & ~finite_p).any(axis=1) | (v.notna() & ~finite_v), said("infinite value: ")),
-        (Reason.NAN_PRICE, p.isna().any(axis=1), said("missing price: ")),
-        (Reason.NON_POSITIVE_PRICE, (p <= 0).any(axis=1), said("price <= 0: ")),
-        (Reason.IMPLAUSIBLE_VALUE, odd_price.any(axis=1) | (finite_v & (v > bounds.max_volume)),
-         said(f"outside bounds (price {bounds.min_price:g} to {bounds.max_price:g}, volume <= {bounds.max_volume:g}): ")),
-        (Reason.HIGH_BELOW_OPEN_CLOSE, f.high < f[["open", "close"]].max(axis=1), said("high < max(open, close): ")),
-        (Reason.LOW_ABOVE_OPEN_CLOSE, f.low > f[["open", "close"]].min(axis=1), said("low > min(open, close): ")),
-        (Reason.BAD_VOLUME, v.isna() | (v < 0), said("volume missing or negative: ")),
-    ]
+    with np.errstate(invalid="ignore"):  # NaN compares False, as the rules want
+        odd_price = np.isfinite(p) & (p > 0) & ((p < bounds.min_price) | (p > bounds.max_price))
+        top, bottom = np.fmax(p[:, 0], p[:, 3]), np.fmin(p[:, 0], p[:, 3])  # fmax/fmin skip a NaN, like pandas
+        return [
+            (Reason.NON_FINITE, np.isinf(p).any(axis=1) | np.isinf(v), said("infinite value: ")),
+            (Reason.NAN_PRICE, np.isnan(p).any(axis=1), said("missing price: ")),
+            (Reason.NON_POSITIVE_PRICE, (p <= 0).any(axis=1), said("price <= 0: ")),
+            (Reason.IMPLAUSIBLE_VALUE, odd_price.any(axis=1) | (np.isfinite(v) & (v > bounds.max_volume)),
+             said(f"outside bounds (price {bounds.min_price:g} to {bounds.max_price:g}, volume <= {bounds.max_volume:g}): ")),
+            (Reason.HIGH_BELOW_OPEN_CLOSE, p[:, 1] < top, said("high < max(open, close): ")),
+            (Reason.LOW_ABOVE_OPEN_CLOSE, p[:, 2] > bottom, said("low > min(open, close): ")),
+            (Reason.BAD_VOLUME, np.isnan(v) | (v < 0), said("volume missing or negative: ")),
+        ]
 
 def _at(prefix: str) -> Callable[[pd.DataFrame], pd.Series]:
     return lambda rows: prefix + _text(rows.ts)
 
 # %% ../../nbs/02a_data.validate.ipynb #632a4e82
 def _order_rules(f: pd.DataFrame, prior: pd.Timestamp | None = None
-                 ) -> list[tuple[Reason, pd.Series, Callable[[pd.DataFrame], pd.Series]]]:
+                 ) -> list[tuple[Reason, np.ndarray, Callable[[pd.DataFrame], pd.Series]]]:
     "Order and duplicate rules over rows that all have a usable timestamp; `prior`: the latest time of rows before them."
-    ts = f.ts
-    before = ts.cummax().shift(fill_value=ts.iloc[0] if len(ts) else pd.NaT)
+    t = _micros(f.ts)
+    before = np.empty_like(t)
+    if len(t):
+        before[0] = t[0]
+        before[1:] = np.maximum.accumulate(t)[:-1]
     if prior is not None:
-        before = before.where(before >= prior, prior)
-    out_of_order = ts < before
-    same = ts.duplicated(keep=False) & ~out_of_order
-    none = pd.Series(False, index=f.index)
-    conflicting = duplicate = none
-    if same.any():
+        before = np.maximum(before, _us(prior))
+    out_of_order = t < before
+    same = pd.Series(t).duplicated(keep=False).to_numpy() & ~out_of_order
+    conflicting = duplicate = np.zeros(len(f), bool)
+    if same.any():  # rare: the grouping is left to pandas
         cols = ["ts"] + PRICES + ["volume"]
         values = f[same].groupby("ts", dropna=False)[PRICES + ["volume"]]
-        conflicting = same & (values.transform("nunique", dropna=False).max(axis=1) > 1).reindex(f.index, fill_value=False)
-        duplicate = same & f[cols].duplicated(keep="first") & ~conflicting
+        conflicting = same & (values.transform("nunique", dropna=False).max(axis=1) > 1
+                              ).reindex(f.index, fill_value=False).to_numpy(bool)
+        duplicate = same & f[cols].duplicated(keep="first").to_numpy() & ~conflicting
     return [(Reason.OUT_OF_ORDER, out_of_order, _at("earlier than a previous row: ")),
             (Reason.CONFLICTING_DUPLICATE, conflicting, _at("several different rows at ")),
             (Reason.DUPLICATE_TIMESTAMP, duplicate, _at("repeats an identical row at "))]
@@ -134,20 +152,29 @@ def outside_session(ts: pd.Series, bar_size: str, calendar: TradingCalendar, ses
     if session not in ("regular", "extended"):
         raise ValueError(f"session must be 'regular' or 'extended', was {session!r}")
     tz = calendar.tz
-    local_day = ts.dt.tz_convert(tz).dt.tz_localize(None).dt.normalize() if bar_size != "1d" \
-        else ts.dt.tz_localize(None).dt.normalize()
-    sched = calendar.schedule(local_day.min(), local_day.max())
-    is_session = local_day.isin(sched.index)
+    local = _micros(ts.dt.tz_convert(tz).dt.tz_localize(None) if bar_size != "1d" else ts.dt.tz_localize(None))
+    known = local != _NAT
+    if not known.any():
+        return pd.Series(True, index=ts.index)
+    day = local - np.mod(local, _US_PER_DAY)  # local midnight of each bar
+    sched = calendar.schedule(pd.Timestamp(day[known].min(), unit="us"), pd.Timestamp(day[known].max(), unit="us"))
+    days = _micros(sched.index)
+    at = np.minimum(np.searchsorted(days, day), max(len(days) - 1, 0))
+    is_session = known & (days[at] == day) if len(days) else np.zeros(len(ts), bool)
     if bar_size == "1d":
-        return ~is_session
+        return pd.Series(~is_session, index=ts.index)
     if session == "regular":
-        opens, closes = local_day.map(sched["open"]), local_day.map(sched["close"])
-    else:
-        opens = (local_day + pd.Timedelta(hours=4)).dt.tz_localize(tz).dt.tz_convert("UTC")
-        closes = (local_day + pd.Timedelta(hours=20)).dt.tz_localize(tz).dt.tz_convert("UTC")
-    end = ts + bar_size_delta(bar_size)
-    inside = is_session & (end > opens) & (ts < closes)
-    return ~inside.fillna(False).astype(bool)
+        opens, closes = _micros(sched["open"]), _micros(sched["close"])
+    else:  # 04:00 to 20:00 local on each session day
+        local_days = sched.index.as_unit("us")
+        opens = _micros((local_days + pd.Timedelta(hours=4)).tz_localize(tz).tz_convert("UTC"))
+        closes = _micros((local_days + pd.Timedelta(hours=20)).tz_localize(tz).tz_convert("UTC"))
+    if not len(days):
+        return pd.Series(True, index=ts.index)
+    t = _micros(ts)
+    end = t + int(bar_size_delta(bar_size) / pd.Timedelta(microseconds=1))
+    inside = is_session & (end > opens[at]) & (t < closes[at])
+    return pd.Series(~inside, index=ts.index)
 
 # %% ../../nbs/02a_data.validate.ipynb #392dc5b4
 def _days(ts: pd.Series) -> pd.Series:
@@ -155,21 +182,26 @@ def _days(ts: pd.Series) -> pd.Series:
 
 def split_adjusted_ratio(close: pd.Series, ts: pd.Series, splits: pd.Series | None) -> pd.Series:
     "close[t] / close[t-1] with each split undone (ratio 1.0 = no change)."
-    ratio = close / close.shift()
-    if splits is not None and len(splits) and len(close):
+    c = close.to_numpy(float)
+    ratio = np.full(len(c), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio[1:] = c[1:] / c[:-1]
+    if splits is not None and len(splits) and len(c):
         day = _days(ts)
         by_day = splits.groupby(pd.DatetimeIndex(splits.index).normalize()).prod()
         on_day = by_day.reindex(pd.DatetimeIndex(day)).fillna(1.0).to_numpy(float)
         first_of_day = (day != day.shift()).to_numpy()
         ratio = ratio * np.where(first_of_day, on_day, 1.0)
-    return ratio
+    return pd.Series(ratio, index=close.index)
 
 def spikes(close: pd.Series, ts: pd.Series, max_jump: float = 4.0, splits: pd.Series | None = None) -> pd.Series:
     "Mask of isolated bad prints: a jump beyond `max_jump` that reverses on the next bar."
-    r = np.log(split_adjusted_ratio(close, ts, splits))
-    lim = np.log(max_jump)
-    nxt = r.shift(-1)
-    return ((r.abs() > lim) & (nxt.abs() > lim) & (np.sign(r) != np.sign(nxt))).fillna(False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.log(split_adjusted_ratio(close, ts, splits).to_numpy())
+        lim = np.log(max_jump)
+        nxt = np.append(r[1:], np.nan)
+        out = (np.abs(r) > lim) & (np.abs(nxt) > lim) & (np.sign(r) != np.sign(nxt))
+    return pd.Series(out, index=close.index)
 
 def unshown_splits(close: pd.Series, ts: pd.Series, listed: pd.Series | None) -> list[tuple[pd.Timestamp, float, float]]:
     "Splits a source lists that its prices do not show: (ex-date, split, close ratio) where the ratio is nearer 1 than 1/split."
@@ -224,30 +256,33 @@ class BarValidator:
         if not isinstance(f.ts.dtype, pd.DatetimeTZDtype) and f.ts.isna().all():  # every time unreadable: no zone
             f["ts"] = pd.to_datetime(f.ts, utc=True)
         if not len(f):
-            return self._release(f, [], pd.Series(False, index=f.index), last)
+            return self._release(f, [], np.zeros(0, bool), last)
         findings = _time_rules(f, self.bar_size, self.bounds, self.now,
                                self.calendar.tz if self.calendar is not None else "UTC")
-        timed = ~np.logical_or.reduce([m.fillna(False).to_numpy(bool) for _, m, _ in findings])
+        timed = ~np.logical_or.reduce([m for _, m, _ in findings])
         findings += _row_rules(f, self.bounds)
-        hold = pd.Series(False, index=f.index)
+        hold = np.zeros(len(f), bool)
         if timed.any():
-            order = [(r, m.reindex(f.index, fill_value=False), d) for r, m, d in _order_rules(f[timed], self._latest)]
+            t = _micros(f.ts)
+            order = []
+            for r, m, d in _order_rules(f[timed], self._latest):
+                full = np.zeros(len(f), bool)
+                full[timed] = m
+                order.append((r, full, d))
             findings += order
             if not last:  # the rows at the latest time wait: the next chunk may repeat that time
-                in_order = pd.Series(timed, index=f.index) & ~order[0][1]
-                top = f.ts[in_order].max()
-                hold = in_order & (f.ts == top)
-            judged = f.ts[timed & ~hold.to_numpy()].max()
-            if pd.notna(judged) and (self._latest is None or judged > self._latest):
-                self._latest = judged
-        bad_mask = pd.Series(False, index=f.index)
-        for _, mask, _ in findings:
-            bad_mask |= mask.fillna(False).astype(bool)
-        bad_mask &= ~hold
-        findings = [(r, m.fillna(False).astype(bool) & ~hold, d) for r, m, d in findings]
+                in_order = timed & ~order[0][1]
+                if in_order.any():
+                    hold = in_order & (t == t[in_order].max())
+            judged = t[timed & ~hold]
+            if len(judged) and (self._latest is None or judged.max() > _us(self._latest)):
+                self._latest = pd.Timestamp(judged.max(), unit="us", tz="UTC")
+        findings = [(r, m & ~hold, d) for r, m, d in findings]
+        bad_mask = np.logical_or.reduce([m for _, m, _ in findings])
         if self.calendar is not None:
             ok = ~bad_mask & ~hold
-            off = outside_session(f.ts[ok], self.bar_size, self.calendar, self.session).reindex(f.index, fill_value=False)
+            off = np.zeros(len(f), bool)
+            off[ok] = outside_session(f.ts[ok], self.bar_size, self.calendar, self.session).to_numpy(bool)
             findings.append((Reason.OUTSIDE_SESSION, off, _at(f"no session of {self.calendar.code} at ")))
             bad_mask |= off
         self._held = f[hold] if hold.any() else None
@@ -273,8 +308,8 @@ class BarValidator:
             else:
                 good_parts.append(pending)
             pending = None
-        jump = pd.Series(False, index=f.index)
-        jump[ok[ok].index] = spike[len(context):]
+        jump = np.zeros(len(f), bool)
+        jump[ok] = spike[len(context):]
         findings = list(findings) + [(Reason.IMPLAUSIBLE_JUMP, jump, _at(f"isolated jump beyond x{self.max_jump} at "))]
         good_rows = f[ok & ~jump]
         if last:
@@ -288,8 +323,8 @@ class BarValidator:
         self._pending = pending
         good_parts.append(good_rows)
         for reason, mask, detail in findings:
-            rows = f[mask.to_numpy(bool)]
-            if len(rows):
+            if mask.any():
+                rows = f[mask]
                 bad_parts.append(rows.assign(reason=reason.value, detail=detail(rows)))
         good = pd.concat(good_parts, ignore_index=True) if len(good_parts) > 1 else good_parts[0].reset_index(drop=True)
         bad = pd.concat(bad_parts, ignore_index=True) if bad_parts else f.iloc[:0].assign(reason="", detail="")
