@@ -13,12 +13,13 @@ from decimal import Decimal
 
 from ib_insync import IB, LimitOrder, MarketOrder, Stock, StopLimitOrder, StopOrder, Trade, util
 from ib_insync.order import Order as IBOrder
+from ib_insync.util import UNSET_DOUBLE
 
-from ..core import (BrokerCapabilities, BrokerOrder, BrokerUnavailableError, Fill, Order, OrderRejectedError,
-                          OrderStatus, OrderType, TimeInForce)
+from ..core import (BrokerCapabilities, BrokerOrder, BrokerUnavailableError, Fill, LinkedOrders, Order,
+                          OrderRejectedError, OrderStatus, OrderType, TimeInForce, Trail)
 
 # %% auto #0
-__all__ = ['broker_order', 'ib_order', 'IBBroker']
+__all__ = ['broker_order', 'ib_order', 'trailing', 'IBBroker']
 
 # %% ../../nbs/06f_execution.ib.ipynb #d9b0a06f
 _STATUS = {"PendingSubmit": OrderStatus.PENDING_SUBMIT, "ApiPending": OrderStatus.PENDING_SUBMIT,
@@ -31,11 +32,16 @@ def _rejection(trade: Trade) -> str | None:
     "TWS's reason if it rejected the order."
     return next((e.message for e in trade.log if e.errorCode == _REJECTED), None)
 
+def _qty(x: float) -> Decimal:
+    "A quantity TWS sent as a float, exact: 10.0 is 10, 0.5 stays 0.5."
+    d = Decimal(str(x))
+    return d.quantize(Decimal(1)) if d == d.to_integral_value() else d
+
 def broker_order(trade: Trade) -> BrokerOrder:
     "An `ib_insync` trade as Bifrost's `BrokerOrder`."
     s = trade.orderStatus
-    shares = sum((Decimal(str(f.execution.shares)) for f in trade.fills), Decimal(0))
-    filled = max(Decimal(str(s.filled)), shares)  # a completed order replayed after a reconnect has only its fills
+    shares = sum((_qty(f.execution.shares) for f in trade.fills), Decimal(0))
+    filled = max(_qty(s.filled), shares)  # a completed order replayed after a reconnect has only its fills
     avg = None
     if filled:
         avg = Decimal(str(s.avgFillPrice)) if s.avgFillPrice else \
@@ -68,6 +74,17 @@ def ib_order(order: Order) -> IBOrder:
             return StopOrder(action, qty, float(order.stop_price), **kw)
         case OrderType.STOP_LIMIT:
             return StopLimitOrder(action, qty, float(order.limit_price), float(order.stop_price), **kw)
+
+def trailing(ibo: IBOrder, trail: Trail, start: Decimal | None = None) -> IBOrder:
+    "`ibo` as IB's trailing stop (`TRAIL`): a percent (`trailingPercent`) or an amount (`auxPrice`) behind the best price, from `start`."
+    ibo.orderType, ibo.lmtPrice, ibo.auxPrice = "TRAIL", UNSET_DOUBLE, UNSET_DOUBLE
+    if trail.percent is not None:
+        ibo.trailingPercent = float(trail.percent)
+    else:
+        ibo.auxPrice = float(trail.amount)
+    if start is not None:
+        ibo.trailStopPrice = float(start)
+    return ibo
 
 def _same(trade: Trade, order: Order) -> bool:
     o = trade.order
@@ -120,17 +137,61 @@ class IBBroker:
 
     def submit(self, order: Order) -> BrokerOrder:
         "Place `order` and wait for TWS to acknowledge it; a resend of an order TWS has answers that order."
+        return self._place(order, ib_order(order))
+
+    def submit_linked(self, linked: LinkedOrders) -> list[BrokerOrder]:
+        "Place a bracket, OTO or OCO natively: exits hang from the entry by `parentId` and share an OCA group; TWS gets nothing until the last order transmits them all."
+        self._ready()
+        known = [self._trade(o.client_order_id) for o in linked.orders]
+        if any(t is not None for t in known):  # a resend after an unknown outcome: answered, never placed twice
+            if all(t is not None and _same(t, o) for t, o in zip(known, linked.orders)):
+                return [broker_order(t) for t in known]
+            raise OrderRejectedError(f"client order ids {[o.client_order_id for o in linked.orders]} were already "
+                                     "used for other orders")
+        contract = Stock(linked.orders[0].symbol, self.exchange, self.currency)
+        ibos = [ib_order(o) for o in linked.orders]
+        if linked.trail is not None:
+            ibos[-1] = trailing(ibos[-1], linked.trail, linked.stop_loss.stop_price)
+        first_exit = 0 if linked.entry is None else 1
+        oca = f"oca-{linked.orders[0].client_order_id}"
+        trades = []
+        for k, ibo in enumerate(ibos):
+            if self.account:
+                ibo.account = self.account
+            if k >= first_exit and len(ibos) - first_exit > 1:
+                ibo.ocaGroup, ibo.ocaType = oca, 1  # one fills: TWS cancels the rest
+            if linked.entry is not None and k > 0:
+                ibo.parentId = trades[0].order.orderId  # works once the entry has filled
+            ibo.transmit = linked.entry is None or k == len(ibos) - 1  # the last sends the whole set
+            trades.append(self.ib.placeOrder(contract, ibo))
+        self._wait(lambda: all(t.orderStatus.status not in ("PendingSubmit", "ApiPending") or _rejection(t)
+                               for t in trades))
+        for t, o in zip(trades, linked.orders):
+            if _rejection(t):
+                raise OrderRejectedError(f"TWS rejected order {o.client_order_id} of a {linked.order_class.value}: "
+                                         f"{_rejection(t)}")
+        if any(t.orderStatus.status in ("PendingSubmit", "ApiPending") for t in trades) or not self.ib.isConnected():
+            raise BrokerUnavailableError(f"TWS did not acknowledge the {linked.order_class.value} of "
+                                         f"{linked.orders[0].client_order_id} within {self.ack_timeout} s; the outcome "
+                                         "is unknown", hint="ask get_order() about each order before sending again")
+        return [broker_order(t) for t in trades]
+
+    def submit_trailing(self, order: Order, trail: Trail) -> BrokerOrder:
+        "A trailing stop: `order` (a market order, what it becomes when triggered) follows the best price by `trail`; its `stop_price`, if any, is where it starts."
+        market = Order(order.client_order_id, order.symbol, order.side, order.quantity, time_in_force=order.time_in_force)
+        return self._place(order, trailing(ib_order(market), trail, order.stop_price))
+
+    def _place(self, order: Order, ibo: IBOrder) -> BrokerOrder:
+        "Place `ibo` (as `order`) unless TWS has it already, and wait for TWS to acknowledge it."
         self._ready()
         known = self._trade(order.client_order_id)
         if known is not None:
             if _same(known, order):
                 return broker_order(known)
             raise OrderRejectedError(f"client order id {order.client_order_id!r} was already used for another order")
-        contract = Stock(order.symbol, self.exchange, self.currency)
-        ibo = ib_order(order)
         if self.account:
             ibo.account = self.account
-        trade = self.ib.placeOrder(contract, ibo)
+        trade = self.ib.placeOrder(Stock(order.symbol, self.exchange, self.currency), ibo)
         self._wait(lambda: trade.orderStatus.status not in ("PendingSubmit", "ApiPending") or _rejection(trade))
         reason = _rejection(trade)
         if reason:
@@ -165,7 +226,13 @@ class IBBroker:
         return [broker_order(t) for t in sorted(self.ib.openTrades(), key=lambda t: t.order.orderId) if t.order.orderRef]
 
     def fills(self, since: datetime | None = None) -> list[Fill]:
-        "Today's executions at or after `since` whose commission is known, oldest first."
+        "Today's executions at or after `since` whose commission is known, oldest first (asked of TWS, not a cache)."
+        self._ready()
+        try:  # TWS's own list: executions it made while the connection was down, or not yet relayed, come with it
+            self.ib.run(asyncio.wait_for(self.ib.reqExecutionsAsync(), self.ack_timeout))
+        except asyncio.TimeoutError as err:
+            raise BrokerUnavailableError(f"TWS did not list its executions within {self.ack_timeout} s",
+                                         hint="ask again; nothing was booked") from err
         self._ready()
         out = []
         for f in self.ib.fills():
@@ -175,13 +242,13 @@ class IBBroker:
             ts = e.time
             if since is None or ts >= since:
                 out.append(Fill(e.execId, e.orderRef, f.contract.symbol, "buy" if e.side == "BOT" else "sell",
-                                Decimal(str(e.shares)), Decimal(str(e.price)), ts, Decimal(str(report.commission))))
+                                _qty(e.shares), Decimal(str(e.price)), ts, Decimal(str(report.commission))))
         return sorted(out, key=lambda f: f.ts)
 
     def positions(self) -> dict[str, Decimal]:
         "Signed holdings by symbol."
         self._ready()
-        return {p.contract.symbol: Decimal(str(p.position)) for p in self.ib.positions(self.account) if p.position}
+        return {p.contract.symbol: _qty(p.position) for p in self.ib.positions(self.account) if p.position}
 
     def cash(self) -> Decimal:
         "The account's cash (`TotalCashValue` in `currency`)."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -24,20 +25,50 @@ __all__ = ['TWSFake']
 
 # %% ../../nbs/06f1_testing.ib_fake.ipynb #69d42c51
 _VERSION = 176  # a TWS server version recent enough for completed orders
+_LIVE = ("PreSubmitted", "Submitted")
 
-class TWSFake(Client):
-    "Plays TWS behind `ib_insync`: takes `Client` requests, answers through the `Wrapper`'s callbacks on the event loop."
-    def __init__(self, ib: IB, clock: Clock, account: str = "DU1234567", cash: Decimal | int | str = 100_000):
-        super().__init__(ib.wrapper)
-        self.apiEnd += ib.disconnectedEvent
-        ib.client = self
-        self.clock, self.account, self.cash = clock, account, Decimal(cash)
+class _Book:
+    "What TWS keeps across connections: orders, executions, holdings, cash; the connections told about each change."
+    def __init__(self, clock: Clock, account: str, cash: Decimal):
+        self.clock, self.account, self.cash = clock, account, cash
         self.orders: dict[int, tuple[Contract, IBOrder, str]] = {}  # order id -> (contract, order, TWS status)
         self.filled: dict[int, tuple[Decimal, Decimal]] = {}  # order id -> (filled, notional)
         self.executions: list[tuple[Contract, Execution, CommissionReport]] = []
         self.holdings: dict[str, tuple[Contract, Decimal, Decimal]] = {}  # symbol -> (contract, qty, cost)
-        self.up, self.muted, self._reject, self._perm = True, False, None, 1000
+        self.unsent: list[int] = []  # orders placed with transmit=False, waiting for the one that transmits them
+        self.perm, self.clients = 1000, []
+        self.lock = threading.RLock()  # market mode: bars happen on the market-data thread
+        self.market = threading.Condition(self.lock)
+        self.bar: list[tuple] | None = None
+        self.bars, self.market_open, self.market_now = 0, False, None
+
+class TWSFake(Client):
+    "Plays TWS behind `ib_insync`: takes `Client` requests, answers through the `Wrapper`'s callbacks on the event loop."
+    def __init__(self, ib: IB, clock: Clock, account: str = "DU1234567", cash: Decimal | int | str = 100_000,
+                 venue: TWSFake | None = None,  # the TWS another connection (an earlier process) talked to
+                 commission: Decimal | str = "1.00",  # market mode: what each execution costs
+                 lag: float = 10.0):  # market mode: seconds a bar waits for the trader before it happens anyway
+        super().__init__(ib.wrapper)
+        self.apiEnd += ib.disconnectedEvent
+        ib.client = self
+        self._book = venue._book if venue is not None else _Book(clock, account, Decimal(cash))
+        self._book.clients.append(self)
+        self.clock, self.account = self._book.clock, self._book.account
+        self.orders, self.filled = self._book.orders, self._book.filled
+        self.executions, self.holdings = self._book.executions, self._book.holdings
+        self.commission, self.lag = Decimal(commission), lag
+        self.up, self.muted, self._reject = True, False, None
+        self.hold_children, self.reject_children = False, {}  # faults at a parent's fill: see `fill`
         self.received: list[str] = []  # names of the requests received
+        self._loop = asyncio.get_event_loop_policy().get_event_loop()  # ib_insync's: answers are queued on it
+
+    @property
+    def cash(self) -> Decimal:
+        return self._book.cash
+
+    @cash.setter
+    def cash(self, value) -> None:
+        self._book.cash = Decimal(value)
 
     # what a test makes TWS do
 
@@ -54,37 +85,102 @@ class TWSFake(Client):
         self.apiEnd.emit()
 
     def fill(self, order_ref: str, qty: Decimal | int | str, price: Decimal | str, commission: Decimal | str = "1.00"):
-        "Execute `qty` of the open order with `orderRef` `order_ref` at `price`."
-        oid = next(i for i, (_, o, _) in self.orders.items() if o.orderRef == order_ref)
-        contract, order, status = self.orders[oid]
-        qty, price = Decimal(qty), Decimal(price)
-        done, notional = self.filled.get(oid, (Decimal(0), Decimal(0)))
-        if status not in ("PreSubmitted", "Submitted") or qty > Decimal(str(order.totalQuantity)) - done:
-            raise ValueError(f"cannot fill {qty} of {order_ref} ({status}, {done} filled)")
-        done, notional = done + qty, notional + qty * price
-        self.filled[oid] = (done, notional)
-        left = Decimal(str(order.totalQuantity)) - done
-        status = "Filled" if left == 0 else "Submitted"
-        self.orders[oid] = (contract, order, status)
-        sign = 1 if order.action == "BUY" else -1
-        exec_id = f"0000e0d5.{len(self.executions) + 1:08x}.01.01"
-        ex = Execution(execId=exec_id, time=self.clock.now(), acctNumber=self.account, exchange="ISLAND",
-                       side="BOT" if sign > 0 else "SLD", shares=float(qty), price=float(price), permId=order.permId,
-                       clientId=order.clientId, orderId=oid, cumQty=float(done), avgPrice=float(notional / done),
-                       orderRef=order.orderRef)
-        report = CommissionReport(execId=exec_id, commission=float(Decimal(commission)), currency="USD")
-        self.executions.append((contract, ex, report))
-        _, held, cost = self.holdings.get(contract.symbol, (contract, Decimal(0), Decimal(0)))
-        held, cost = held + sign * qty, cost + sign * qty * price
-        self.holdings[contract.symbol] = (contract, held, cost)
-        self.cash -= sign * qty * price + Decimal(commission)
-        w = self.wrapper
-        self._later(lambda: w.execDetails(-1, copy.copy(contract), copy.copy(ex)),
-                    lambda: w.commissionReport(copy.copy(report)),
-                    lambda: self._status(oid),
-                    lambda: w.position(self.account, copy.copy(contract), float(held),
-                                       float(cost / held) if held else 0.0),
-                    lambda: w.updateAccountValue("TotalCashValue", str(self.cash), "USD", self.account))
+        "Execute `qty` of the working order with `orderRef` `order_ref` at `price`; its OCA group and children follow."
+        with self._book.lock:
+            oid = self._oid(order_ref)
+            contract, order, status = self.orders[oid]
+            qty, price = Decimal(qty), Decimal(price)
+            done, notional = self.filled.get(oid, (Decimal(0), Decimal(0)))
+            if status != "Submitted" or qty > Decimal(str(order.totalQuantity)) - done:
+                raise ValueError(f"cannot fill {qty} of {order_ref} ({status}, {done} filled)")
+            done, notional = done + qty, notional + qty * price
+            self.filled[oid] = (done, notional)
+            left = Decimal(str(order.totalQuantity)) - done
+            self.orders[oid] = (contract, order, "Filled" if left == 0 else "Submitted")
+            sign = 1 if order.action == "BUY" else -1
+            exec_id = f"0000e0d5.{len(self.executions) + 1:08x}.01.01"
+            ex = Execution(execId=exec_id, time=self._book.market_now or self.clock.now(), acctNumber=self.account,
+                           exchange="ISLAND", side="BOT" if sign > 0 else "SLD", shares=float(qty), price=float(price),
+                           permId=order.permId, clientId=order.clientId, orderId=oid, cumQty=float(done),
+                           avgPrice=float(notional / done), orderRef=order.orderRef)
+            report = CommissionReport(execId=exec_id, commission=float(Decimal(commission)), currency="USD")
+            self.executions.append((contract, ex, report))
+            _, held, cost = self.holdings.get(contract.symbol, (contract, Decimal(0), Decimal(0)))
+            held, cost = held + sign * qty, cost + sign * qty * price
+            self.holdings[contract.symbol] = (contract, held, cost)
+            self._book.cash -= sign * qty * price + Decimal(commission)
+            cash = self._book.cash
+            self._tell(lambda c: c.wrapper.execDetails(-1, copy.copy(contract), copy.copy(ex)),
+                       lambda c: c.wrapper.commissionReport(copy.copy(report)),
+                       lambda c: c._status(oid),
+                       lambda c: c.wrapper.position(self.account, copy.copy(contract), float(held),
+                                                    float(cost / held) if held else 0.0),
+                       lambda c: c.wrapper.updateAccountValue("TotalCashValue", str(cash), "USD", self.account))
+            if order.ocaGroup:  # one-cancels-all: the rest of its group goes
+                for i, (_, o, s) in list(self.orders.items()):
+                    if i != oid and o.ocaGroup == order.ocaGroup and s in _LIVE:
+                        self._set(i, "Cancelled")
+            if left == 0 and not self.hold_children:
+                self.release_children(order_ref)
+
+    def release_children(self, order_ref: str) -> None:
+        "A filled parent's children start working (TWS does this at the parent's fill unless `hold_children`)."
+        with self._book.lock:
+            parent = self._oid(order_ref)
+            for i, (_, o, s) in list(self.orders.items()):
+                if o.parentId == parent and s == "PreSubmitted":
+                    reason = self.reject_children.pop(o.orderRef, None)
+                    if reason is None:
+                        self._set(i, "Submitted")
+                    else:  # TWS refuses the child as it goes out: error 201, and the order is gone
+                        self.orders[i] = (self.orders[i][0], o, "Cancelled")
+                        self._tell(lambda c, i=i, r=reason: c.wrapper.error(i, 201, f"Order rejected - reason:{r}", ""))
+
+    # market mode: bars drive the fills (the market-data fake offers them, as with AlpacaFake)
+
+    def open_market(self) -> None:
+        "Market mode: working market orders fill at the open of the next bar `offer`ed."
+        with self._book.market:
+            self._book.market_open, self._book.bars, self._book.bar = True, 0, None
+
+    def close_market(self) -> None:
+        "No more bars: a trader's poll no longer waits for one."
+        with self._book.market:
+            self._book.market_open = False
+            self._book.market.notify_all()
+
+    def offer(self, bars) -> None:
+        "One bar time, `(symbol, ts, open, high, low, close)` each: it happens on the trader's next poll (`reqExecutions`)."
+        b, bars = self._book, list(bars)
+        with b.market:
+            if b.bars == 0:  # nobody waits for the first bar: it happens now
+                self._happen(bars)
+                return
+            b.bar = bars
+            b.market.notify_all()
+            if not b.market.wait_for(lambda: b.bar is None, self.lag):  # the trader never asked
+                self._happen(b.bar)
+
+    def _polled(self) -> None:
+        "The trader asks for executions: a bar offered (or about to be) happens first, so the answer includes its fills."
+        b = self._book
+        with b.market:
+            if b.market_open and b.bars:
+                b.market.wait_for(lambda: b.bar is not None or not b.market_open, self.lag)
+            if b.bar is not None:
+                self._happen(b.bar)
+
+    def _happen(self, bars: list[tuple]) -> None:
+        "Working market orders fill at the bar's open, in the order they came."
+        b = self._book
+        b.bar, b.bars = None, b.bars + 1
+        b.market_now = max(bar[1] for bar in bars)
+        for symbol, _, open_, *_ in bars:
+            for i, (c, o, s) in sorted(self.orders.items()):
+                if c.symbol == symbol and o.orderType == "MKT" and s == "Submitted":
+                    left = Decimal(str(o.totalQuantity)) - self.filled.get(i, (Decimal(0), 0))[0]
+                    self.fill(o.orderRef, left, Decimal(repr(float(open_))), self.commission)
+        b.market.notify_all()  # the bar has happened: its offer returns
 
     # the Client's side of the boundary
 
@@ -106,27 +202,40 @@ class TWSFake(Client):
     def placeOrder(self, orderId, contract, order):
         self.received.append("placeOrder")
         order = copy.copy(order)
-        if orderId in self.orders:  # a modification
-            self.orders[orderId] = (contract, order, self.orders[orderId][2])
-        elif self._reject is not None:
-            reason, self._reject = self._reject, None
-            self._later(lambda: self.wrapper.error(orderId, 201, f"Order rejected - reason:{reason}", ""))
-            return
-        else:
-            self._perm += 1
-            order.permId, order.orderId, order.clientId = self._perm, orderId, self.clientId
-            self.orders[orderId] = (contract, order, "Submitted")
-        self._later(lambda: self._open(orderId), lambda: self._status(orderId))
+        with self._book.lock:
+            if orderId in self.orders:  # a modification
+                self.orders[orderId] = (contract, order, self.orders[orderId][2])
+                self._later(lambda: self._open(orderId), lambda: self._status(orderId))
+                return
+            if self._reject is not None:
+                reason, self._reject = self._reject, None
+                self._later(lambda: self.wrapper.error(orderId, 201, f"Order rejected - reason:{reason}", ""))
+                return
+            self._book.perm += 1
+            order.permId, order.orderId, order.clientId = self._book.perm, orderId, self.clientId
+            self.orders[orderId] = (contract, order, "Inactive")
+            self._book.unsent.append(orderId)
+            if order.transmit:  # this order sends itself and every untransmitted one placed before it
+                sent, self._book.unsent = self._book.unsent, []
+                for i in sent:
+                    o = self.orders[i][1]
+                    parent = self.orders.get(o.parentId)
+                    waits = parent is not None and parent[2] != "Filled"  # a child works once its parent filled
+                    self.orders[i] = (self.orders[i][0], o, "PreSubmitted" if waits else "Submitted")
+                    self._later(lambda i=i: self._open(i), lambda i=i: self._status(i))
 
     def cancelOrder(self, orderId, manualCancelOrderTime=""):
         self.received.append("cancelOrder")
-        contract, order, status = self.orders.get(orderId, (None, None, None))
-        if status in ("PreSubmitted", "Submitted"):
-            self.orders[orderId] = (contract, order, "Cancelled")
-            self._later(lambda: self._status(orderId))
-        else:
-            self._later(lambda: self.wrapper.error(orderId, 10148, f"OrderId {orderId} that needs to be cancelled "
-                                                                   f"cannot be cancelled, state: {status}.", ""))
+        with self._book.lock:
+            contract, order, status = self.orders.get(orderId, (None, None, None))
+            if status in _LIVE:
+                self._set(orderId, "Cancelled")
+                for i, (_, o, s) in list(self.orders.items()):  # a parent's children go with it
+                    if o.parentId == orderId and s in _LIVE:
+                        self._set(i, "Cancelled")
+            else:
+                self._later(lambda: self.wrapper.error(orderId, 10148, f"OrderId {orderId} that needs to be cancelled "
+                                                                       f"cannot be cancelled, state: {status}.", ""))
 
     def reqPositions(self):
         self._later(*[lambda c=c, q=q, k=k: self.wrapper.position(self.account, copy.copy(c), float(q),
@@ -134,7 +243,7 @@ class TWSFake(Client):
                       for c, q, k in self.holdings.values()], self.wrapper.positionEnd)
 
     def reqOpenOrders(self):
-        live = [i for i, (_, _, s) in self.orders.items() if s in ("PreSubmitted", "Submitted")]
+        live = [i for i, (_, _, s) in self.orders.items() if s in _LIVE]
         self._later(*[lambda i=i: (self._open(i), self._status(i)) for i in live], self.wrapper.openOrderEnd)
 
     def reqCompletedOrders(self, apiOnly):
@@ -150,14 +259,25 @@ class TWSFake(Client):
         self._later(lambda: self.wrapper.accountUpdateMultiEnd(reqId))
 
     def reqExecutions(self, reqId, execFilter):
+        self.received.append("reqExecutions")
+        self._polled()
         self._later(*[lambda c=c, e=e, r=r: (self.wrapper.execDetails(reqId, copy.copy(c), copy.copy(e)),
                                              self.wrapper.commissionReport(copy.copy(r)))
-                      for c, e, r in self.executions], lambda: self.wrapper.execDetailsEnd(reqId))
+                      for c, e, r in list(self.executions)], lambda: self.wrapper.execDetailsEnd(reqId))
 
     def reqAutoOpenOrders(self, bAutoBind):
         pass
 
     # plumbing
+
+    def _oid(self, order_ref: str) -> int:
+        return max(i for i, (_, o, _) in self.orders.items() if o.orderRef == order_ref)
+
+    def _set(self, oid: int, status: str) -> None:
+        "A new status for an order, told to every connection."
+        contract, order, _ = self.orders[oid]
+        self.orders[oid] = (contract, order, status)
+        self._tell(lambda c: c._open(oid), lambda c: c._status(oid))
 
     def _open(self, oid: int) -> None:
         contract, order, status = self.orders[oid]
@@ -168,7 +288,12 @@ class TWSFake(Client):
         done, notional = self.filled.get(oid, (Decimal(0), Decimal(0)))
         avg = float(notional / done) if done else 0.0
         self.wrapper.orderStatus(oid, status, float(done), float(Decimal(str(order.totalQuantity)) - done), avg,
-                                 order.permId, 0, avg, order.clientId, "", 0.0)
+                                 order.permId, order.parentId, avg, order.clientId, "", 0.0)
+
+    def _tell(self, *messages: Callable[[TWSFake], object]) -> None:
+        "Send `messages` to every connection to this TWS (each gets them if it is up)."
+        for c in self._book.clients:
+            c._later(*[lambda m=m, c=c: m(c) for m in messages])
 
     def _later(self, *messages: Callable[[], object]) -> None:
         "Deliver `messages` in order when the event loop next runs, as a socket would; nothing if muted or down."
@@ -178,4 +303,4 @@ class TWSFake(Client):
             for m in messages:
                 if self._apiReady:
                     m()
-        asyncio.get_event_loop_policy().get_event_loop().call_soon(deliver)
+        self._loop.call_soon_threadsafe(deliver)
