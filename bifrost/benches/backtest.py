@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 import time
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -22,7 +23,7 @@ __all__ = ['bench_backtest']
 
 # %% ../../nbs/12b_benches.backtest.ipynb #136eaab0
 def _spy_panel(years: int = 10):
-    "Ten years of real SPY daily bars from the shipped sample, in a throwaway store."
+    "Ten years of real SPY daily bars from the shipped sample, its hour bars, and 20 years of its daily bars (long form)."
     from bifrost.data.read import read_bars
     from bifrost.data.sources import SampleSource
     from bifrost.strategy.api import Panel
@@ -32,7 +33,8 @@ def _spy_panel(years: int = 10):
         ingest(store, src, progress=False)
         daily = Panel.from_long(read_bars(store, "SPY", "1d", f"{2021 - years}-01-01", "2020-12-31"))
         hourly = read_bars(store, "SPY", "1h")
-    return daily, hourly
+        twenty = read_bars(store, "SPY", "1d", "2000-12-01", "2020-12-31")
+    return daily, hourly, twenty
 
 def _resampled(hourly: pd.DataFrame, n: int, seed: int = 0):
     "An `n`-bar OHLC series built by resampling real bars' moves relative to the previous close."
@@ -124,6 +126,54 @@ def _vectorbt_sma(panel, fasts, slows, cash: float):
     return vbt.Portfolio.from_signals(pd.DataFrame(np.repeat(close.to_numpy()[:, None], up.shape[1], axis=1), index=close.index),
                                       entries, exits, price=open_, size=np.inf, size_granularity=1, init_cash=cash)
 
+# %% ../../nbs/12b_benches.backtest.ipynb #21dfb7c9
+def _universe(spy: pd.DataFrame, n_symbols: int, seed: int = 0):
+    "`n_symbols` synthetic daily series on SPY's sessions in `spy` (long form), each day's move one of SPY's real daily moves."
+    from bifrost.strategy.api import Panel
+    prev = spy.close.to_numpy()[:-1]
+    pick = np.random.default_rng(seed).integers(0, len(prev), (len(prev), n_symbols))  # each symbol its own draw
+    move = lambda f: (spy[f].to_numpy()[1:] / prev)[pick]  # the day's price relative to the close before
+    close = 100.0 * np.cumprod(move("close"), axis=0)
+    prev_close = np.vstack([np.full((1, n_symbols), 100.0), close[:-1]])
+    frame = lambda a: pd.DataFrame(a, index=pd.DatetimeIndex(spy.ts.iloc[1:]), columns=[f"U{j:04d}" for j in range(n_symbols)],
+                                   copy=False)
+    return Panel(frame(prev_close * move("open")), frame(prev_close * move("high")), frame(prev_close * move("low")),
+                 frame(close), frame(np.full(close.shape, 1e6)))
+
+def _universe_gate(symbols: list[str]):
+    "Limits and rules that refuse orders in the universe workload."
+    from datetime import date
+    from decimal import Decimal
+    from bifrost.compliance.gate import Gate
+    from bifrost.compliance.rules import FINRA_PDT, RuleBook, RuleVersion
+    from bifrost.risk.limits import Limits
+    banned = [{"symbol": s, "from": "2008-01-01", "until": "2012-01-01", "reason": "bench"} for s in symbols[::50]]
+    return Gate(Limits(max_position_weight=Decimal("0.15"), max_drawdown=Decimal("0.3")),
+                RuleBook("backtest", [RuleVersion("restricted_list", 1, date(2000, 1, 1), None, {"symbols": banned}), FINRA_PDT]))
+
+def _vectorbt_targets(panel, weights: pd.DataFrame, cash: float):
+    "vectorbt's from_orders with `weights` as target percentages, decided at the close and filled at the next open."
+    import vectorbt as vbt
+    return vbt.Portfolio.from_orders(panel.close, size=weights.shift(1), size_type="targetpercent", price=panel.open,
+                                     init_cash=cash, cash_sharing=True, group_by=True, call_seq="auto", size_granularity=1.0)
+
+@numba.njit(parallel=True, cache=True)
+def _plain_sweep(open_, close, means, fast, slow, cash, out):
+    "The least a sweep of SMA pairs can do: long all-in whole shares while fast > slow, no gate, no costs, no targets."
+    for c in numba.prange(len(fast)):
+        f, s = means[fast[c]], means[slow[c]]
+        shares, money = 0, cash
+        out[c, 0] = cash
+        for t in range(1, close.shape[0]):
+            if f[t - 1] > s[t - 1]:
+                if shares == 0:
+                    shares = int(money // open_[t])
+                    money -= shares * open_[t]
+            elif shares:
+                money += shares * open_[t]
+                shares = 0
+            out[c, t] = money + shares * close[t]
+
 # %% ../../nbs/12b_benches.backtest.ipynb #73866f12
 @benchmark("backtest", ratios={
     "vectorized_vs_backtrader": "Bifrost vectorised bars/s / backtrader bars/s, one 10-year SMA backtest with its full result (aim >= 100)",
@@ -132,14 +182,24 @@ def _vectorbt_sma(panel, fasts, slows, cash: float):
     "million_bars_vs_backtrader": "Bifrost bars/s on a 1,000,000-bar series / backtrader bars/s (aim >= 1000)",
     "sweep_vs_vectorbt": "Bifrost sweep combination-bars/s / vectorbt from_signals combination-bars/s (aim >= 20)",
     "backtrader_engine_vs_backtrader": "Bifrost's backtrader engine bars/s / plain backtrader bars/s (adapter cost)",
+    "universe_500_seconds": "seconds for gated monthly momentum over 500 symbols x 20 years daily, whole run_vectorized (aim <= 1)",
+    "universe_2000_seconds": "seconds for the same over 2,000 symbols (aim <= 4)",
+    "universe_500_vs_vectorbt": "vectorbt from_orders seconds (target percentages, weights given) / Bifrost gated seconds, 500 symbols",
+    "universe_2000_vs_vectorbt": "the same, 2,000 symbols",
+    "gated_sweep_mcombination_bars_per_s": "Bifrost gated sweep, millions of combination-bars/s on the 342-pair grid (aim >= 100)",
+    "gated_sweep_vs_vectorbt": "Bifrost gated sweep combination-bars/s / vectorbt from_signals combination-bars/s (aim >= 20)",
+    "plain_numba_over_gated_sweep": "a plain two-thread numba SMA loop (averages precomputed) / Bifrost gated sweep, combination-bars/s (aim <= 10)",
 })
 def bench_backtest(quick: bool = False, repeat: int = 3) -> BenchResult:
     "Bars/s of Bifrost's engines and of backtrader, backtesting.py and vectorbt on the same SMA strategy."
-    from bifrost.strategy.api import SmaCross
+    from decimal import Decimal
+    from bifrost.compliance.gate import Gate
+    from bifrost.risk.limits import Limits
+    from bifrost.strategy.api import Momentum, SmaCross, _rolling_means
     from bifrost.strategy.backtrader import run_backtrader
     from bifrost.strategy.vector import grid, run_sweep, run_vectorized
     cash, fast, slow = 100_000.0, 10, 50
-    daily, hourly = _spy_panel()
+    daily, hourly, twenty = _spy_panel()
     strategy = SmaCross(fast=fast, slow=slow)
     n_bars = len(daily)
     mine = run_vectorized(strategy, daily, cash)  # also compiles the kernel
@@ -159,12 +219,34 @@ def bench_backtest(quick: bool = False, repeat: int = 3) -> BenchResult:
     t_mil = _best(lambda: run_vectorized(strategy, million, cash), repeat)
     bt_slice = million.upto(20_000 if quick else 100_000)
     t_bt_slice = _best(lambda: _backtrader_sma(bt_slice, fast, slow, cash), 1)
-    fasts, slows = (range(5, 51, 5), range(20, 201, 20)) if quick else (range(5, 51, 5), range(20, 201, 5))
-    combos = grid(SmaCross, fast=fasts, slow=slows)
+    combos = grid(SmaCross, fast=range(5, 51, 5), slow=range(20, 201, 5))  # the 342-pair grid (cheap even when quick)
     run_sweep(SmaCross, daily, combos[:2], cash)
     t_sweep = _best(lambda: run_sweep(SmaCross, daily, combos, cash), repeat)
+    stop = Gate(Limits(max_drawdown=Decimal("0.15"), max_order_notional=Decimal("150000")))
+    gated = run_sweep(SmaCross, daily, combos, cash, gate=stop)
+    t_gated = _best(lambda: run_sweep(SmaCross, daily, combos, cash, gate=stop), repeat)
     pairs = [(c["fast"], c["slow"]) for c in combos]
     t_vbt_sweep = _best(lambda: _vectorbt_sma(daily, [p[0] for p in pairs], [p[1] for p in pairs], cash), repeat)
+    windows = sorted({w for p in pairs for w in p})
+    means = _rolling_means(np.ascontiguousarray(daily.close.to_numpy()), np.array(windows, np.int64))[:, :, 0].copy()
+    at = {w: k for k, w in enumerate(windows)}
+    fi, si = (np.array([at[p[j]] for p in pairs], np.int64) for j in (0, 1))
+    o1, c1, plain = daily.open.to_numpy()[:, 0].copy(), daily.close.to_numpy()[:, 0].copy(), np.empty((len(pairs), n_bars))
+    _plain_sweep(o1, c1, means, fi, si, cash, plain)
+    t_plain = _best(lambda: _plain_sweep(o1, c1, means, fi, si, cash, plain), max(repeat, 5))
+    universe, momentum = {}, Momentum(lookback=126, skip=21, top=10)
+    for n in (500, 2000):
+        panel = _universe(twenty, n)
+        gate = _universe_gate(panel.symbols)
+        run_vectorized(momentum, panel.upto(400), cash, gate=gate)  # compile for this layout
+        res = run_vectorized(momentum, panel, cash, gate=gate)
+        t_uni = _best(lambda: run_vectorized(momentum, panel, cash, gate=gate), repeat)
+        w = momentum.run_targets(panel)
+        if n == 500:
+            _vectorbt_targets(panel, w, cash)  # vectorbt compiles on first use
+        t_vbt_uni = _best(lambda: _vectorbt_targets(panel, w, cash), 1)
+        universe[n] = (len(panel), t_uni, t_vbt_uni, len(res.trades), int((~res.decisions.approved).sum()))
+        del panel, w, res
     rate = lambda bars, t: round(bars / t, 1)
     figures = {
         "bars": float(n_bars),
@@ -181,6 +263,12 @@ def bench_backtest(quick: bool = False, repeat: int = 3) -> BenchResult:
         "sweep_s": round(t_sweep, 4),
         "sweep_combination_bars_per_s": rate(len(combos) * n_bars, t_sweep),
         "vectorbt_sweep_combination_bars_per_s": rate(len(combos) * n_bars, t_vbt_sweep),
+        "gated_sweep_s": round(t_gated, 4),
+        "gated_sweep_combination_bars_per_s": rate(len(combos) * n_bars, t_gated),
+        "gated_sweep_combinations_refused_something": float((gated.table.final_equity != run_sweep(SmaCross, daily, combos, cash).table.final_equity).sum()),
+        "plain_numba_sweep_combination_bars_per_s": rate(len(combos) * n_bars, t_plain),
+        **{f"universe_{n}_{k}": float(v) for n, u in universe.items()
+           for k, v in zip(("bars", "s", "vectorbt_s", "trades", "refused"), (u[0], round(u[1], 3), round(u[2], 3), u[3], u[4]))},
         "trades": float(len(mine.trades)),
         "trades_match_backtrader": float(ours == theirs),  # identical dates, shares and prices
     }
@@ -191,10 +279,21 @@ def bench_backtest(quick: bool = False, repeat: int = 3) -> BenchResult:
         "million_bars_vs_backtrader": round(figures["million_vectorized_bars_per_s"] / figures["million_backtrader_bars_per_s"], 1),
         "sweep_vs_vectorbt": round(t_vbt_sweep / t_sweep, 2),
         "backtrader_engine_vs_backtrader": round(t_bt / t_bte, 3),
+        "universe_500_seconds": round(universe[500][1], 3),
+        "universe_2000_seconds": round(universe[2000][1], 3),
+        "universe_500_vs_vectorbt": round(universe[500][2] / universe[500][1], 2),
+        "universe_2000_vs_vectorbt": round(universe[2000][2] / universe[2000][1], 2),
+        "gated_sweep_mcombination_bars_per_s": round(len(combos) * n_bars / t_gated / 1e6, 1),
+        "gated_sweep_vs_vectorbt": round(t_vbt_sweep / t_gated, 2),
+        "plain_numba_over_gated_sweep": round(t_gated / t_plain, 2),
     }
     env = bench_env()
     env["workload"] = (f"SmaCross({fast}, {slow}) on SPY daily {daily.index[0]:%Y-%m-%d}..{daily.index[-1]:%Y-%m-%d} "
                        f"({n_bars} bars); {len(million):,} bars resampled from real SPY hour bars; "
-                       f"sweep of {len(combos)} (fast, slow) pairs")
-    env["method"] = f"best of {repeat} after a warm-up (backtrader engines: one run); backtrader's million-bar rate from {len(bt_slice):,} bars"
+                       f"sweep of {len(combos)} (fast, slow) pairs, ungated and gated (15% drawdown stop, 150,000 order limit); "
+                       f"universe: Momentum(126, 21, top 10) over 500 and 2,000 synthetic symbols (SPY's real daily moves "
+                       f"resampled) on SPY's sessions {twenty.ts.iloc[1]:%Y-%m-%d}..{twenty.ts.iloc[-1]:%Y-%m-%d}, gated "
+                       f"(15% position weight, 30% drawdown, 1 symbol in 50 restricted 2008-2011)")
+    env["method"] = (f"best of {repeat} after a warm-up (backtrader engines and vectorbt's universe: one run); backtrader's "
+                     f"million-bar rate from {len(bt_slice):,} bars; the plain numba sweep best of {max(repeat, 5)}")
     return BenchResult("backtest", figures, ratios, env)

@@ -407,7 +407,7 @@ class Momentum(Strategy):
         np.put_along_axis(chosen, best, ~np.isnan(np.take_along_axis(past, best, axis=1)), axis=1)
         w[rows] = chosen / np.maximum(chosen.sum(axis=1, keepdims=True), 1)
         w[: self.warmup] = 0.0
-        return pd.DataFrame(w, index=close.index, columns=close.columns)
+        return pd.DataFrame(w, index=close.index, columns=close.columns, copy=False)
 
 # %% ../../nbs/08a_strategy.api.ipynb #227180bf
 class MeanReversion(Strategy):

@@ -117,12 +117,14 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
     n_bars, n_sym = close.shape
     bps, per_share, minimum, slip = costs[0], costs[1], costs[2], costs[3]
     full, gated, may_ask, text = mode & FULL, mode & GATED, mode & ASK, mode & TEXT
-    has_verdicts = verdicts.shape[0] > 0
-    t, k, cash = st[_T], st[_K], fs[_CASH]
-    n_trades, n_dec = st[_N_TRADES], st[_N_DEC]
+    has_verdicts, keep_rets = verdicts.shape[0] > 0, rets.shape[0] > 0
+    # the state in locals (registers) while walking; back into `st` and `fs` only when the walk stops
+    t, k, n_orders, n_sells, n_trades, n_dec = st[_T], st[_K], st[_N_ORDERS], st[_N_SELLS], st[_N_TRADES], st[_N_DEC]
+    cash, peak, sod, gross, net, sabs = fs[_CASH], fs[_PEAK], fs[_SOD], fs[_GROSS], fs[_NET], fs[_SABS]
+    status = 0
     while t < n_bars:
         if k < 0:  # the bar opens: plan its orders from the account valued at this open
-            st[_N_ORDERS] = 0
+            n_orders = 0
             active = False  # most bars carry no order at all: skip valuing the account for them
             if t > 0:
                 for i in range(n_sym):
@@ -140,7 +142,6 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
                         sabs += abs(pos[i])
                         if not p > 0:
                             sabs = np.inf  # a holding the gate cannot value: every order is the gate's to answer
-                fs[_GROSS], fs[_NET], fs[_SABS] = gross, net, sabs
                 n_sells, n_buys = 0, 0
                 for i in range(n_sym):
                     w = weights[t - 1, i]
@@ -154,11 +155,11 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
                     elif delta > 0:
                         work[2, n_buys] = i
                         n_buys += 1
-                st[_N_SELLS], st[_N_ORDERS] = n_sells, n_sells + n_buys
+                n_orders = n_sells + n_buys
             k = 0
-        while k < st[_N_ORDERS]:
-            sell = k < st[_N_SELLS]
-            i = work[1, k] if sell else work[2, k - st[_N_SELLS]]
+        while k < n_orders:
+            sell = k < n_sells
+            i = work[1, k] if sell else work[2, k - n_sells]
             delta = work[0, i]
             if sell:
                 price = max(open_[t, i] * (1 - slip / 1e4), low[t, i]) if slip else open_[t, i]
@@ -178,14 +179,11 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
             else:
                 v = verdicts[t, i] if has_verdicts else PASS
                 if gated and v != BLOCK:
-                    v = _worst(v, _judge(limits, open_[t, i], pos[i], qty, cash, fs[_GROSS], fs[_NET], fs[_SABS],
-                                         fs[_SOD], fs[_PEAK]))
+                    v = _worst(v, _judge(limits, open_[t, i], pos[i], qty, cash, gross, net, sabs, sod, peak))
                 if v == UNSURE or (v == BLOCK and text):
-                    if not may_ask:
-                        return 2
-                    st[_T], st[_K], st[_N_TRADES], st[_N_DEC], st[_Q_I], st[_Q_QTY] = t, k, n_trades, n_dec, i, qty
-                    fs[_CASH] = cash
-                    return 1
+                    status = 1 if may_ask else 2
+                    st[_Q_I], st[_Q_QTY] = i, qty
+                    break
                 ok = v == PASS
             if full:
                 decisions[n_dec, 0], decisions[n_dec, 1], decisions[n_dec, 2] = t, i, qty
@@ -193,9 +191,9 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
                 n_dec += 1
             if ok:
                 p, q0 = open_[t, i], pos[i]
-                fs[_GROSS] += abs(q0 + qty) * p - abs(q0) * p
-                fs[_NET] += qty * p
-                fs[_SABS] += abs(q0 + qty) - abs(q0)
+                gross += abs(q0 + qty) * p - abs(q0) * p
+                net += qty * p
+                sabs += abs(q0 + qty) - abs(q0)
                 fee = _commission(qty, price, bps, per_share, minimum)
                 cash = cash - qty * price
                 cash = cash - fee
@@ -205,6 +203,8 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
                     trades[n_trades, 3], trades[n_trades, 4] = price, fee
                 n_trades += 1
             k += 1
+        if status:
+            break
         value = cash  # the bar closes: mark the book
         for i in range(n_sym):
             if close[t, i] == close[t, i]:
@@ -215,15 +215,15 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
             positions[t] = pos
             cash_out[t] = cash
         equity[t] = value
-        if t > 0 and rets.shape[0] > 0:
+        if keep_rets and t > 0:
             rets[t - 1] = _simple_return(equity[t - 1], value)
-        fs[_SOD] = value  # what the next bar's orders see: the equity a bar ago, and the highest so far
-        fs[_PEAK] = np.nan if value != value or fs[_PEAK] != fs[_PEAK] else max(fs[_PEAK], value)
+        sod = value  # what the next bar's orders see: the equity a bar ago, and the highest so far
+        peak = np.nan if value != value or peak != peak else max(peak, value)
         t += 1
         k = -1
-    st[_T], st[_K], st[_N_TRADES], st[_N_DEC] = t, k, n_trades, n_dec
-    fs[_CASH] = cash
-    return 0
+    st[_T], st[_K], st[_N_ORDERS], st[_N_SELLS], st[_N_TRADES], st[_N_DEC] = t, k, n_orders, n_sells, n_trades, n_dec
+    fs[_CASH], fs[_PEAK], fs[_SOD], fs[_GROSS], fs[_NET], fs[_SABS] = cash, peak, sod, gross, net, sabs
+    return status
 
 # %% ../../nbs/08b1_strategy.kernel.ipynb #2ac60524
 @numba.njit(cache=True)
@@ -343,30 +343,26 @@ def _rule_verdicts(book: RuleBook, index: pd.DatetimeIndex, symbols: list[str], 
 def gate_arrays(gate, index: pd.DatetimeIndex, symbols: list[str]) -> GateArrays:
     "The array form of `gate` over these bars and symbols; whatever it cannot express is marked UNSURE, for the gate to answer."
     n = (len(index), len(symbols))
+    limits, nothing = np.full(len(LIMIT_SLOTS), np.nan), np.zeros((0, 0), np.int8)
     if gate is None:
-        return GateArrays(np.full(len(LIMIT_SLOTS), np.nan), np.zeros((0, 0), np.int8), False, True)
+        return GateArrays(limits, nothing, False, True)
+    if type(gate) is not Gate or gate.limits is None or (gate.rules is not None and type(gate.rules) is not RuleBook):
+        # another kind of gate, no limits configured (it refuses all), or another kind of rules: ask it every time
+        return GateArrays(limits, np.full(n, UNSURE, np.int8), True, False)
+    for k, name in enumerate(LIMIT_SLOTS):
+        v = getattr(gate.limits, name)
+        limits[k] = np.nan if v is None else float(v)
+    if not gate.limits.restricted and (gate.rules is None or not gate.rules.versions):
+        return GateArrays(limits, nothing, True, True)
     blocked, unsure = np.zeros(n, np.bool_), np.zeros(n, np.bool_)
-    limits = np.full(len(LIMIT_SLOTS), np.nan)
+    blocked[:, [j for j, s in enumerate(symbols) if s in gate.limits.restricted]] = True
     compact = True
-    if type(gate) is not Gate or gate.limits is None:
-        unsure[:] = True  # another kind of gate, or no limits configured (refuses all): ask it every time
-        compact = False
-    else:
-        for k, name in enumerate(LIMIT_SLOTS):
-            v = getattr(gate.limits, name)
-            limits[k] = np.nan if v is None else float(v)
-        if gate.limits.restricted:
-            blocked[:, [j for j, s in enumerate(symbols) if s in gate.limits.restricted]] = True
-        if gate.rules is not None:
-            if type(gate.rules) is RuleBook:
-                _rule_verdicts(gate.rules, index, symbols, blocked, unsure)
-                compact = all(type(r) in _KNOWN_RULES for r in gate.rules._rules.values())
-            else:
-                unsure[:] = True
-                compact = False
-    if not (blocked.any() or unsure.any()):
-        return GateArrays(limits, np.zeros((0, 0), np.int8), True, compact)
-    return GateArrays(limits, np.where(blocked, BLOCK, np.where(unsure, UNSURE, PASS)).astype(np.int8), True, compact)
+    if gate.rules is not None:
+        _rule_verdicts(gate.rules, index, symbols, blocked, unsure)
+        compact = all(type(r) in _KNOWN_RULES for r in gate.rules._rules.values())
+    verdicts = unsure.view(np.int8) * np.int8(UNSURE)
+    verdicts[blocked] = BLOCK
+    return GateArrays(limits, verdicts if verdicts.any() else nothing, True, compact)
 
 # %% ../../nbs/08b1_strategy.kernel.ipynb #af6bcefa
 @numba.njit(cache=True)

@@ -165,9 +165,8 @@ def _decisions_frame(run: Walk, panel: Panel) -> pd.DataFrame:
 def gated_walk(panel: Panel, w: np.ndarray, cash: float, costs: Costs, gate: Gate, account: str,
                mode: int = FULL | TEXT, arrays=None, rets: np.ndarray | None = None) -> Walk:
     "The kernel through `gate`: its array form settles what it can, the gate itself answers the rest."
-    if arrays is None:
-        arr = lambda f: np.ascontiguousarray(getattr(panel, f).to_numpy(np.float64))
-        arrays = (arr("open"), arr("high"), arr("low"), arr("close"))
+    if arrays is None:  # as pandas holds them (a wide frame is column-major): copying costs more than the walk
+        arrays = tuple(getattr(panel, f).to_numpy(np.float64) for f in ("open", "high", "low", "close"))
     g = gate_arrays(gate, panel.index, panel.symbols)
     return walk(arrays, w, cash, costs, g, mode | GATED | ASK, _asker(gate, account, panel, arrays[0], g.compact), rets)
 
@@ -177,12 +176,14 @@ def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
     if cash <= 0:
         raise StrategyError(f"starting cash must be positive, was {cash}")
     w = strategy.run_targets(panel)
-    run = gated_walk(panel, np.ascontiguousarray(w.to_numpy(np.float64)), float(cash), costs, gate, account)
+    run = gated_walk(panel, w.to_numpy(np.float64), float(cash), costs, gate, account)
+    close = panel.close
     return BacktestResult(repr(strategy), dict(strategy.values), "vectorized", _trades_frame(run.trades, panel),
-                          pd.DataFrame(run.positions, index=panel.index, columns=panel.symbols),
-                          pd.Series(run.cash, index=panel.index, name="cash"),
-                          pd.Series(run.equity, index=panel.index, name="equity"), w, _decisions_frame(run, panel),
-                          panel.bar_size, panel.close.ffill())
+                          pd.DataFrame(run.positions, index=panel.index, columns=panel.symbols, copy=False),
+                          pd.Series(run.cash, index=panel.index, name="cash", copy=False),
+                          pd.Series(run.equity, index=panel.index, name="equity", copy=False), w,
+                          _decisions_frame(run, panel), panel.bar_size,
+                          close.ffill() if close.isna().to_numpy().any() else close)
 
 
 # %% ../../nbs/08b_strategy.vector.ipynb #67c80d03
