@@ -265,6 +265,7 @@ def _duckdb_restore(url: str, folder: Path, m: Manifest, force: bool, stamp: str
             proof = _prove(built, m)
             if m.schema_version < LATEST_VERSION:
                 built.migrate()
+            built.rows("CHECKPOINT")  # everything in the file itself: no log of it is left to rename along
         aside = _duckdb_swap(url, target, tmp, force, stamp)
     finally:
         for leftover in (tmp, Path(f"{tmp}.wal")):
@@ -462,7 +463,7 @@ def _precheck(url: str, force: bool) -> None:
         if store.rows("SELECT current_schema()")[0][0]:  # None: the schema does not exist yet
             _refuse_occupied(occupied(store), url, force)
         return
-    store = DuckDBStore(url, read_only=True)
+    store = DuckDBStore(url, read_only=True, lock_timeout=10.0)
     if not Path(store.path).exists():
         return
     try:

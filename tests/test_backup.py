@@ -232,3 +232,21 @@ def test_the_schema_is_renamed_in_statements_never_in_copied_rows():
         'CREATE TABLE "t_b".orders (x text);\n', 'COPY "t_b".orders (x) FROM stdin;\n', 't_a.orders is data\n',
         '\\.\n', 'CREATE TRIGGER g BEFORE UPDATE ON "t_b".audit_log FOR EACH ROW EXECUTE FUNCTION "t_b".f();\n',
         'SELECT "t_b".x, t_ab.y, xt_a.z;\n']
+
+
+def test_a_head_that_differs_from_the_manifest_is_refused_and_nothing_is_left_behind(traded, store_url, target,
+                                                                                     tmp_path, bifrost_home):
+    backup(store_url, tmp_path / "b", CLOCK)
+    m = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    m["audit_hash"] = "f" * 64  # the data says one history, the manifest another
+    (tmp_path / "b" / MANIFEST).write_text(json.dumps(m))
+    before = {t: _table(traded, t) for t in ("audit_log", "trading_controls")}
+    for url in (target, store_url):  # into a new store, and over the one it came from
+        with pytest.raises(BackupError, match="does not end at the head recorded"):
+            restore(url, tmp_path / "b", CLOCK, force=True, home=bifrost_home)
+    for t, df in before.items():
+        pd.testing.assert_frame_equal(_table(connect(store_url), t), df)
+    if traded.dialect == "postgresql":
+        assert not _schemas(target.split("schema=")[1]) and _schemas(store_url.split("schema=")[1]) == [traded.schema]
+    else:
+        assert not list(tmp_path.rglob("*restoring*")) and not list(tmp_path.rglob("*before-restore*"))
