@@ -109,22 +109,24 @@ def test_a_round_trip_gives_back_every_row_and_a_trail_that_verifies(traded, sto
 def test_a_backup_taken_while_another_process_writes_is_consistent(store_url, target, tmp_path, bifrost_home):
     "Each write commits a control row and its audit record together: any copy holds as many of one as of the other."
     connect(store_url)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, store_url, "6"], stdout=subprocess.PIPE, text=True)
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, store_url, str(stop)], stdout=subprocess.PIPE, text=True)
     try:
-        assert writer.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
+        assert writer.stdout.readline().strip() == "ready"  # its first row and record are committed
         taken = []
         for i in range(3):
             taken.append(backup(store_url, tmp_path / f"b{i}", CLOCK))
             time.sleep(0.3)
+        stop.touch()
         total = int(writer.stdout.readline())
     finally:
+        stop.touch()
         writer.wait(timeout=120)
     assert writer.returncode == 0
     for m in taken:
         assert m.tables["trading_controls"] == m.tables["audit_log"] == m.audit_seq
-    assert any(0 < m.audit_seq < total for m in taken), ([m.audit_seq for m in taken], total)
-    assert total > max(m.audit_seq for m in taken)  # the writer went on after the last copy
+    seqs = [m.audit_seq for m in taken]
+    assert 0 < seqs[0] and seqs == sorted(seqs) and total > seqs[-1], (seqs, total)  # each copy taken mid-write
     mid = next(m for m in taken if 0 < m.audit_seq < total)
     r = restore(target, tmp_path / f"b{taken.index(mid)}", CLOCK, home=bifrost_home)
     assert f"ending at seq {mid.audit_seq} " in r.audit
@@ -132,19 +134,20 @@ def test_a_backup_taken_while_another_process_writes_is_consistent(store_url, ta
 
 
 WRITER = """
-import sys, time
+import os, sys, time
 from datetime import datetime, timezone
 from bifrost.audit import AuditTrail
 from bifrost.store import connect
-store = connect(sys.argv[1])
-trail, n, stop = AuditTrail(store, anchors=None), 0, time.monotonic() + float(sys.argv[2])
-print("ready", flush=True)
-while time.monotonic() < stop:
+store, stop = connect(sys.argv[1]), sys.argv[2]
+trail, n, deadline = AuditTrail(store, anchors=None), 0, time.monotonic() + 120
+while n == 0 or not os.path.exists(stop) and time.monotonic() < deadline:
     now = datetime.now(timezone.utc)
     with store.transaction():
         store.execute("INSERT INTO trading_controls (name, value, set_at, reason) VALUES (?, 'x', ?, 'bk')", [f"bk{n}", now])
         trail.append("test.write", "bk", f"bk{n}", {"n": n}, now)
     n += 1
+    if n == 1:
+        print("ready", flush=True)
 print(n, flush=True)
 """
 
