@@ -190,7 +190,7 @@ def backup(url: str, path: Path | str, clock: Clock) -> Manifest:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise BackupError(f"{path} exists and is not an empty folder", hint="give a new folder for the backup")
-    dialect = "duckdb" if url.startswith("duckdb://") else "postgresql"
+    dialect = _dialect(url)
     partial = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}")
     partial.mkdir(parents=True)
     try:
