@@ -12,7 +12,7 @@ import pytest
 from conftest import sample_panel
 
 from bifrost.strategy import vector
-from bifrost.strategy.api import FIELDS, Costs, Momentum, Panel, SmaCross, _rolling_mean, _rolling_means
+from bifrost.strategy.api import FIELDS, Costs, Momentum, Panel, SmaCross, _rolling_mean, _rolling_means, on_change
 from bifrost.strategy.research import sharpe
 from bifrost.strategy.kernel import FULL, NO_GATE, _numpy_sum, _sharpe, _sweep, simulate, simulate_many, walk
 from bifrost.strategy.vector import grid, run_sweep, run_vectorized
@@ -59,12 +59,20 @@ def test_rolling_means_of_a_panel(two):
         np.testing.assert_array_equal(got[k], two.close.rolling(int(n)).mean().to_numpy())
 
 
+def _pandas_sma_targets(s: SmaCross, panel: Panel) -> pd.DataFrame:
+    "SmaCross's rule written with pandas' rolling means: what its targets (computed by the numba kernels) must equal."
+    close = panel.close
+    fast, slow = close.rolling(s.fast).mean(), close.rolling(s.slow).mean()
+    return on_change((fast > slow).astype("float64").where(slow.notna(), 0.0) / close.shape[1])
+
+
 def test_targets_batch_is_each_strategys_targets(spy, two):
     for panel in (spy, two):
         strategies = [SmaCross(**c) for c in grid(SmaCross, fast=[2, 5, 13, 40], slow=[5, 21, 60, 150])]
         batch = SmaCross.targets_batch(panel, strategies)
         assert batch.shape == (len(strategies),) + panel.close.shape
         for k, s in enumerate(strategies):
+            pd.testing.assert_frame_equal(s.run_targets(panel), _pandas_sma_targets(s, panel))
             np.testing.assert_array_equal(batch[k], s.run_targets(panel).to_numpy())
 
 

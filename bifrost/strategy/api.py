@@ -272,11 +272,10 @@ class SmaCross(Strategy):
         return self.slow
 
     def targets(self, panel: Panel) -> pd.DataFrame:
-        close = panel.close
-        fast = close.rolling(self.fast).mean()
-        slow = close.rolling(self.slow).mean()
-        long = (fast > slow).astype("float64").where(slow.notna(), 0.0) / close.shape[1]
-        return on_change(long)
+        # `(fast > slow) / symbols where slow is known, else 0`, kept on changes (`on_change`), computed by the sweep's
+        # kernels: pandas' rolling means bit for bit (tested), at a fraction of pandas' cost on long series
+        w = SmaCross.targets_batch(panel, [self])[0]
+        return pd.DataFrame(w, index=panel.index, columns=panel.close.columns, copy=False)
 
     @staticmethod
     def targets_batch(panel: Panel, strategies: list["SmaCross"]) -> np.ndarray:
