@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import bifrost
 from bifrost.audit import AuditTrail
 from bifrost.compliance.gate import Gate, check, load_gate, record_decision
 from bifrost.compliance.rules import RuleVersion, save_rule
@@ -121,3 +123,40 @@ def test_gate_is_loaded_from_the_store_and_decisions_are_audited(store_url):
     assert audit.verify().ok
     # an account nobody configured: the gate loads, and blocks everything
     assert not load_gate(store, "other")(orders[0], state).approved
+
+
+# -- batches: a rebalance gated as one pass, each order against the account the approved ones before it leave ----------
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.lists(st.tuples(st.sampled_from(SYMS), st.sampled_from([Side.BUY, Side.SELL]),
+                                       st.integers(1, 2000)), min_size=1, max_size=8))
+def test_batch_decides_as_the_one_order_gate_on_the_account_moved_by_each_approved_order(scenario, more):
+    state, limits, first = scenario
+    orders = [first] + [Order(f"c-{i}", s, side, Decimal(q)) for i, (s, side, q) in enumerate(more, 2)]
+    gate = Gate(limits)
+    batch = gate.batch(orders, state)
+    twin, moved = [], state  # the Python twin: a new AccountState after each approved order
+    for o in orders:
+        d = gate(o, moved)
+        twin.append(d)
+        if d.approved:
+            moved = moved.after(o, o.limit_price or moved.prices[o.symbol])
+    assert batch == twin
+
+
+def _close(symbol: str) -> Decimal:
+    import pandas as pd
+    df = pd.read_parquet(Path(bifrost.__file__).parent / "sample" / "daily" / f"{symbol}_daily_lean.parquet")
+    return Decimal(f"{float(df.close.iloc[-1]):.2f}")
+
+
+def test_batch_on_the_sample_a_rebalance_sells_to_make_room_for_its_buys():
+    prices = {s: _close(s) for s in ("SPY", "QQQ", "IWM", "AAPL")}
+    state = AccountState("acct", T, Decimal(10_000), {"SPY": Decimal(200)}, prices)
+    gross = 200 * prices["SPY"]
+    limits = Limits(max_gross_exposure=gross + 1000)  # fully invested: a buy fits only once the sell has made room
+    buys = [Order(f"b-{s}", s, Side.BUY, (gross / 3 / prices[s]).to_integral_value(rounding="ROUND_FLOOR"))
+            for s in ("QQQ", "IWM", "AAPL")]
+    sell = Order("s-SPY", "SPY", Side.SELL, Decimal(200))
+    assert [d.approved for d in Gate(limits).batch(buys, state)] == [False, False, False]
+    assert [d.approved for d in Gate(limits).batch([sell, *buys], state)] == [True, True, True, True]
+    assert not Gate(None).batch([sell], state)[0].approved  # no limits configured: blocked, as one order would be

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Sequence
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..audit import AuditRecord, AuditTrail
 from ..core import AccountState, Check, Decision, Fill, Instrument, Order, Side, Verdict
-from ..risk.limits import LimitError, Limits, check_limits, load_limits
+from ..risk.limits import LimitError, Limits, RunningLimits, check_limits, load_limits
 from . import washsale  # noqa: F401 - registers the wash_sale rule before any rule book loads
 from .rules import RuleBook, RuleVersion, load_rulebook
 from ..store import Store
@@ -47,6 +48,23 @@ class Gate:
 
     def __call__(self, order: Order, state: AccountState) -> Decision:
         return check(order, state, self.limits, self.rules)
+
+    def batch(self, orders: Sequence[Order], state: AccountState) -> list[Decision]:
+        """The decisions on `orders` in turn, each against the account as the approved orders before it would leave it
+        (a rebalance's sells make room for its buys): the limits move in O(1) an order. The compliance rules judge
+        each order against `state` as given (none of them reads the account's exposure or its open orders)."""
+        running = None if self.limits is None else RunningLimits(state, self.limits)
+        missing = (Check("risk", "limits_configured", Verdict.BLOCK,
+                         f"no risk limits for account {state.account}; pass Limits() to trade without any"),)
+        out = []
+        for order in orders:
+            risk = missing if running is None else _guarded("risk", "limits", lambda: running.check(order))
+            compliance = () if self.rules is None else _guarded("compliance", "rules", lambda: self.rules.check(order, state))
+            decision = Decision(order, risk + compliance)
+            if decision.approved and running is not None:
+                running.take()
+            out.append(decision)
+        return out
 
 def load_gate(store: Store, account: str, as_of=None) -> Gate:
     "The gate for `account`: its limits in force at `as_of` (none configured: fail closed) and its rule book."

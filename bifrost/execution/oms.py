@@ -11,7 +11,7 @@ import os
 import random
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -231,7 +231,7 @@ class OMS:
         return rec if rec is not None and rec.account == self.account else None
 
     # -- submitting ----------------------------------------------------------------------------------------
-    def _controls(self, order: Order) -> tuple[Check, ...]:
+    def _controls(self) -> tuple[Check, ...]:
         out = []
         audit_kill_switch(self.store, self.audit)  # a change made while this process held the store: audited first
         ks = kill_switch(self.store)
@@ -252,7 +252,7 @@ class OMS:
         if not st.open_orders:  # the OMS knows what is working; the gate counts it
             st = replace(st, open_orders=tuple(r.order for r in self._orders().values()))
         verdict = self.gate(order, st)
-        decision = Decision(order, tuple(verdict.checks) + self._controls(order))
+        decision = Decision(order, tuple(verdict.checks) + self._controls())
         new = OrderRecord.new(order, self.account, self.broker.name, now, parent_id=parent_id, strategy=strategy)
         detail = "passed the gate" if decision.approved else "; ".join(decision.reasons)
         event = (Submitted if decision.approved else Rejected)(order.client_order_id, now, detail)
@@ -290,20 +290,99 @@ class OMS:
         log.info("%s: %s already known (%s): not sent again", self.account, known.client_order_id, known.status.value)
         return known
 
+    def submit_many(self, orders: Sequence[Order], *, strategy: str | None = None) -> list[OrderRecord]:
+        """Gate, persist and send a batch (a rebalance): one gate pass (`Gate.batch` where the gate has one), one
+        commit for the decisions and the submitted events, then every order sent, and the acknowledgements in one
+        more commit. Every order is persisted before the first is sent; ids seen before are not sent again."""
+        out: dict[str, OrderRecord] = {}
+        fresh: dict[str, Order] = {}
+        for o in orders:
+            known = self._orders().get(o.client_order_id) or self._recent.get(o.client_order_id)
+            if known is not None:
+                out[o.client_order_id] = self._again(known)
+            else:
+                fresh.setdefault(o.client_order_id, o)  # an id twice in the batch: its first order only
+        fresh = list(fresh.values())
+        if fresh:
+            now, st = self.clock.now(), self.state()
+            if not st.open_orders:
+                st = replace(st, open_orders=tuple(r.order for r in self._orders().values()))
+            batch = getattr(self.gate, "batch", None)
+            verdicts = batch(fresh, st) if batch is not None else [self.gate(o, st) for o in fresh]
+            controls = self._controls()  # the kill switch and the circuit: once for the batch
+            decisions = [Decision(o, tuple(v.checks) + controls) for o, v in zip(fresh, verdicts)]
+            changes = []
+            for o, d in zip(fresh, decisions):
+                new = OrderRecord.new(o, self.account, self.broker.name, now, strategy=strategy)
+                ev = (Submitted if d.approved else Rejected)(o.client_order_id, now,
+                                                             "passed the gate" if d.approved else "; ".join(d.reasons))
+                changes.append((new, new.apply(ev), ev))
+            try:
+                with self.store.transaction():
+                    if any(d.approved for d in decisions):
+                        if self.store.dialect == "postgresql":
+                            self.store.execute("SELECT pg_advisory_xact_lock('audit_log'::regclass::oid::bigint)")
+                        if kill_switch_on(self.store):
+                            raise _SwitchedOff
+                    self.journal.record(changes, decisions=[(d, self.account, now) for d in decisions])
+            except _SwitchedOff:  # rolled back: asked again, the controls now refuse them
+                return self.submit_many(orders, strategy=strategy)
+            except Exception:  # e.g. an id another run used: one by one, each finds its own answer
+                return [self.submit(o, strategy=strategy) for o in orders]
+            ready = []
+            for _, rec, _ in changes:
+                if rec.status is _S.REJECTED:
+                    log.warning("%s %s blocked: %s", self.account, rec.client_order_id, rec.reason)
+                    out[rec.client_order_id] = rec
+                else:
+                    ready.append(self._keep(rec))
+                    if self.hook is not None:
+                        self.hook("persisted", rec)
+            out.update({r.client_order_id: r for r in self._send_many(ready)})
+        return [out[o.client_order_id] for o in orders]
+
+    def _send_many(self, recs: list[OrderRecord]) -> list[OrderRecord]:
+        "Send each persisted order; the plain acknowledgements are recorded together, anything else order by order."
+        done, plain, later = [], [], []
+        for rec in recs:
+            try:
+                answer = self.caller.once("submit", rec.order)
+            except (OrderRejectedError, BrokerUnavailableError) as err:
+                later.append((rec, err))
+                continue
+            if self.hook is not None:
+                self.hook("sent", rec)
+            if answer is None or answer.filled_quantity > rec.filled_quantity:
+                done.append(self._adopt(rec, answer))
+                continue
+            got = self._report(rec, answer)
+            if got is None:
+                done.append(rec)
+            else:
+                plain.append((rec, got[0], got[1]))
+        if plain:
+            self.journal.record(plain)
+            done += [self._keep(new) for _, new, _ in plain]
+        return done + [self._unsent(rec, err) for rec, err in later]
+
     def _send(self, rec: OrderRecord) -> OrderRecord:
         try:
             answer = self.caller.once("submit", rec.order)
-        except CircuitOpenError as err:  # not sent: it waits at pending submit for the next cycle
-            log.warning("%s %s not sent: %s", self.account, rec.client_order_id, err)
-            return rec
-        except OrderRejectedError as err:
-            return self._refused(rec, err)
-        except BrokerUnavailableError as err:
-            rec = self._event(OutcomeUnknown, rec, f"submit: no answer ({err})")
-            return self._resolve(rec)
+        except (OrderRejectedError, BrokerUnavailableError) as err:
+            return self._unsent(rec, err)
         if self.hook is not None:
             self.hook("sent", rec)
         return self._adopt(rec, answer)
+
+    def _unsent(self, rec: OrderRecord, err: Exception) -> OrderRecord:
+        "A submit that raised: not sent (circuit open), refused, or no answer (maybe sent: ask the broker)."
+        if isinstance(err, CircuitOpenError):  # not sent: it waits at pending submit for the next cycle
+            log.warning("%s %s not sent: %s", self.account, rec.client_order_id, err)
+            return rec
+        if isinstance(err, OrderRejectedError):
+            return self._refused(rec, err)
+        rec = self._event(OutcomeUnknown, rec, f"submit: no answer ({err})")
+        return self._resolve(rec)
 
     def _refused(self, rec: OrderRecord, err: Exception) -> OrderRecord:
         "A refusal may be of a resend the broker already holds (a lost answer): ask before believing it."
@@ -341,18 +420,14 @@ class OMS:
             rec = self._event(Submitted, rec, "the broker has never seen it: resending")
         return self._send(rec)
 
-    def _adopt(self, rec: OrderRecord, answer: BrokerOrder | None, cancelled_as: OrderStatus = _S.CANCELLED) -> OrderRecord:
-        "Take the broker's answer about `rec`: its fills first, then the event its status reports."
-        if answer is None:
-            return self._never_seen(rec)
-        if answer.filled_quantity > rec.filled_quantity:
-            self._collect_fills()
-            rec = self.order(rec.client_order_id)
+    def _report(self, rec: OrderRecord, answer: BrokerOrder,
+                cancelled_as: OrderStatus = _S.CANCELLED) -> tuple[OrderRecord, OrderEvent] | None:
+        "The broker's answer about `rec` as an event and the record after it; None when it tells us nothing new."
         said = cancelled_as if answer.status is _S.CANCELLED else answer.status
-        if rec.status.is_terminal:  # finished: the broker can only agree (its late fills came above)
+        if rec.status.is_terminal:  # finished: the broker can only agree (its late fills come as fills)
             if said is not rec.status:
                 self._anomaly(f"{rec.client_order_id}: broker says {answer.status.value}, we have {rec.status.value}")
-            return rec
+            return None
         kind = Expired if said is _S.EXPIRED else _REPORTS[answer.status]
         event = kind(rec.client_order_id, self.clock.now(), answer.reason or f"broker: {answer.status.value}",
                      broker_order_id=answer.broker_order_id or None)
@@ -360,12 +435,22 @@ class OMS:
             new = rec.apply(event)
         except IllegalTransitionError as err:
             self._anomaly(f"{rec.client_order_id}: {err}")
-            return rec
+            return None
         if (new.status, new.broker_order_id) == (rec.status, rec.broker_order_id):
-            return rec  # it told us what we knew: nothing to record
+            return None  # it told us what we knew: nothing to record
         if new.status.is_terminal and answer.filled_quantity > rec.filled_quantity:  # its last fills are not here yet
             self._short[rec.client_order_id] = (rec.created_at, answer.filled_quantity)
-        return self._apply(rec, event)
+        return new, event
+
+    def _adopt(self, rec: OrderRecord, answer: BrokerOrder | None, cancelled_as: OrderStatus = _S.CANCELLED) -> OrderRecord:
+        "Take the broker's answer about `rec`: its fills first, then the event its status reports."
+        if answer is None:
+            return self._never_seen(rec)
+        if answer.filled_quantity > rec.filled_quantity:
+            self._collect_fills()
+            rec = self.order(rec.client_order_id)
+        got = self._report(rec, answer, cancelled_as)
+        return rec if got is None else self._apply(rec, got[1])
 
     # -- fills -------------------------------------------------------------------------------------------
     def _fills_seen(self) -> set[str]:
@@ -386,8 +471,51 @@ class OMS:
 
     def _collect_fills(self) -> int:
         "Record the broker's new fills, each exactly once; returns how many were new."
-        fills = self.caller.call("fills", self._since())
+        seen, ids, fills = self._fills_seen(), set(), []
+        for f in self.caller.call("fills", self._since()):
+            if f.fill_id not in seen and f.fill_id not in ids:  # a broker may report a fill twice, even in one answer
+                ids.add(f.fill_id)
+                fills.append(f)
+        if len(fills) > 1 and (n := self._record_fills(fills)) is not None:
+            return n
         return sum(self._record_fill(f) for f in fills)
+
+    def _record_fills(self, fills: list[Fill]) -> int | None:
+        "Many fills of this OMS's working orders in one commit, ledger included; None: some need the one-by-one path."
+        recs: dict[str, OrderRecord] = {}
+        items = []
+        for f in fills:
+            rec = recs.get(f.client_order_id) or self.order(f.client_order_id)
+            if rec is None or rec.status.is_terminal:
+                return None
+            try:
+                new = rec.apply(ev := rec.fill_event(f, self.clock.now()))
+            except OrderError:
+                return None
+            items.append((f, (rec, new, ev)))
+            recs[f.client_order_id] = new
+        book = [f for f in fills if self.portfolio is not None and f.fill_id not in self.portfolio.book.txn_ids]
+        try:
+            with self.store.transaction():
+                if not self.journal.add_fills(self.broker.name, self.account, items):
+                    return None
+                if book:
+                    self.portfolio.apply_many(book)  # last: the ledger's memory moves only once its rows are written
+        except LedgerError:  # refused before anything was applied: the one-by-one path says which and why
+            return None
+        except BaseException:
+            if book:
+                fresh = Portfolio.load(self.store, self.portfolio.name, clock=self.portfolio.clock)
+                self.portfolio.book, self.portfolio.seq = fresh.book, fresh.seq
+            self._open, self._seen, self._recent = None, None, {}
+            raise
+        for f in fills:
+            self._settled(f)
+        for new in recs.values():
+            self._keep(new)
+            if new.filled_quantity >= self._short.get(new.client_order_id, (None, new.filled_quantity))[1]:
+                self._short.pop(new.client_order_id, None)
+        return len(fills)
 
     def _record_fill(self, fill: Fill) -> bool:
         if fill.fill_id in self._fills_seen():

@@ -21,8 +21,9 @@ from ..portfolio.money import as_of_ts
 from ..store import Store
 
 # %% auto #0
-__all__ = ['ALERT_COLUMNS', 'LimitError', 'Limits', 'Exposure', 'check_limits', 'account_state', 'save_limits', 'load_limits',
-           'limit_history', 'Alert', 'breaches', 'drawdown_alerts', 'raise_alerts', 'open_alerts', 'acknowledge']
+__all__ = ['ALERT_COLUMNS', 'LimitError', 'Limits', 'Exposure', 'check_limits', 'RunningLimits', 'account_state', 'save_limits',
+           'load_limits', 'limit_history', 'Alert', 'breaches', 'drawdown_alerts', 'raise_alerts', 'open_alerts',
+           'acknowledge']
 
 # %% ../../nbs/04e_risk.limits.ipynb #5d70f278
 class LimitError(BifrostError):
@@ -111,12 +112,13 @@ def _order_price(order: Order, state: AccountState) -> Decimal:
                min(order.stop_price, state.prices[order.symbol])
     return state.prices[order.symbol]
 
-def check_limits(order: Order, state: AccountState, limits: Limits) -> tuple[Check, ...]:
-    "The risk half of the pre-trade gate: one `Check` per configured limit (pure, in memory)."
+def _limit_checks(order: Order, state: AccountState, limits: Limits, before: Exposure,
+                  q0: Decimal) -> tuple[tuple[Check, ...], Exposure | None]:
+    "The checks of `order` against an account whose exposure is `before` and position in its symbol `q0`; and the exposure after a full fill."
     ck = lambda name, ok, why="": Check("risk", name, Verdict.PASS if ok else Verdict.BLOCK, "" if ok else why)
     sym = order.symbol
     if sym not in state.prices or (state.instruments and sym not in state.instruments):
-        return (ck("known_instrument", False, f"{sym} is not a known instrument with a price; nothing to value it by"),)
+        return (ck("known_instrument", False, f"{sym} is not a known instrument with a price; nothing to value it by"),), None
     out = []
     if limits.restricted:
         out.append(ck("restricted", sym not in limits.restricted, f"{sym} is restricted for account {state.account}"))
@@ -125,9 +127,7 @@ def check_limits(order: Order, state: AccountState, limits: Limits) -> tuple[Che
     if limits.max_order_notional is not None:
         out.append(ck("max_order_notional", notional <= limits.max_order_notional,
                       f"order notional {notional:,.2f} exceeds {limits.max_order_notional:,}"))
-    before = _exposure(state)
     last = state.prices[sym]
-    q0 = state.positions.get(sym, Decimal(0))
     q1 = q0 + order.side.sign * order.quantity
     mv0, mv1 = q0 * last, q1 * last
     # the account after a full fill at `px`, marked at the last price: O(1) from `before`, not a new valuation
@@ -149,12 +149,13 @@ def check_limits(order: Order, state: AccountState, limits: Limits) -> tuple[Che
         out.append(ck("max_leverage", lev <= limits.max_leverage or gross <= before.gross,
                       f"leverage would be {lev:.2f}×, limit {limits.max_leverage}×"))
     inst = state.instruments.get(sym)
-    if limits.max_sector_weight is not None and inst is not None and inst.sector:
-        signed = before.sector_net.get(inst.sector, Decimal(0))
+    sector = inst.sector if inst is not None else None
+    if limits.max_sector_weight is not None and sector:
+        signed = before.sector_net.get(sector, Decimal(0))
         w0, w1 = abs(signed), abs(signed - mv0 + mv1)
         w = _ratio(w1, eq)
         out.append(ck("max_sector_weight", w <= limits.max_sector_weight or w1 <= w0,
-                      f"sector {inst.sector} would be {_pct(w)} of equity, limit {_pct(limits.max_sector_weight)}"))
+                      f"sector {sector} would be {_pct(w)} of equity, limit {_pct(limits.max_sector_weight)}"))
     if limits.max_daily_loss is not None and state.start_of_day_equity:
         loss = (state.start_of_day_equity - before.equity) / state.start_of_day_equity
         out.append(ck("max_daily_loss", loss < limits.max_daily_loss or not grows,
@@ -165,7 +166,37 @@ def check_limits(order: Order, state: AccountState, limits: Limits) -> tuple[Che
                       f"drawdown {_pct(dd)} from peak (limit {_pct(limits.max_drawdown)}): only risk-reducing orders"))
     if before.equity <= 0:
         out.append(ck("positive_equity", not grows, f"equity is {before.equity:,.2f}: only risk-reducing orders"))
-    return tuple(out)
+    by_sector = before.sector_net
+    if sector:
+        by_sector = {**by_sector, sector: by_sector.get(sector, Decimal(0)) - mv0 + mv1}
+    return tuple(out), Exposure(eq, gross, net, by_sector)
+
+def check_limits(order: Order, state: AccountState, limits: Limits) -> tuple[Check, ...]:
+    "The risk half of the pre-trade gate: one `Check` per configured limit (pure, in memory)."
+    return _limit_checks(order, state, limits, _exposure(state), state.positions.get(order.symbol, Decimal(0)))[0]
+
+class RunningLimits:
+    "The limit checks of a batch of orders against one account, each approved order's fill moving the account for the next (O(1) an order)."
+
+    def __init__(self, state: AccountState, limits: Limits):
+        self.state, self.limits = state, limits
+        self.exposure = _exposure(state)
+        self.positions: dict[str, Decimal] = {}  # symbols the batch has moved so far
+        self._after: tuple[str, Decimal, Exposure] | None = None
+
+    def check(self, order: Order) -> tuple[Check, ...]:
+        "The checks of `order` against the account as the orders taken so far left it."
+        q0 = self.positions.get(order.symbol, self.state.positions.get(order.symbol, Decimal(0)))
+        checks, after = _limit_checks(order, self.state, self.limits, self.exposure, q0)
+        self._after = None if after is None else (order.symbol, q0 + order.side.sign * order.quantity, after)
+        return checks
+
+    def take(self) -> None:
+        "The order checked last was approved: the account is now as if it filled."
+        if self._after is not None:
+            sym, q1, self.exposure = self._after
+            self.positions[sym] = q1
+            self._after = None
 
 # %% ../../nbs/04e_risk.limits.ipynb #bae96947
 def _recent_fills(portfolio: Portfolio, t: datetime, days: int) -> tuple[Fill, ...]:
