@@ -15,20 +15,22 @@ from decimal import Decimal
 
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderClass as AlpacaOrderClass
 from alpaca.trading.enums import OrderSide, QueryOrderStatus
 from alpaca.trading.enums import TimeInForce as AlpacaTIF
 from alpaca.trading.models import Order as AlpacaOrder
-from alpaca.trading.requests import (GetOrdersRequest, LimitOrderRequest, MarketOrderRequest, ReplaceOrderRequest,
-                                     StopLimitOrderRequest, StopOrderRequest)
+from alpaca.trading.requests import (GetOrderByIdRequest, GetOrdersRequest, LimitOrderRequest, MarketOrderRequest,
+                                     ReplaceOrderRequest, StopLimitOrderRequest, StopLossRequest, StopOrderRequest,
+                                     TakeProfitRequest, TrailingStopOrderRequest)
 from alpaca.trading.stream import TradingStream
 from requests.adapters import HTTPAdapter
 
-from ..core import (BrokerCapabilities, BrokerError, BrokerOrder, BrokerUnavailableError, ConfigError, Fill, Order,
-                          OrderRejectedError, OrderStatus, OrderType, TimeInForce)
+from ..core import (BrokerCapabilities, BrokerError, BrokerOrder, BrokerUnavailableError, ConfigError, Fill,
+                          LinkedOrders, Order, OrderRejectedError, OrderStatus, OrderType, TimeInForce, Trail, exit_id)
 from ..data.remote import alpaca_keys
 
 # %% auto #0
-__all__ = ['broker_order', 'order_request', 'AlpacaBroker']
+__all__ = ['broker_order', 'order_request', 'linked_request', 'trailing_request', 'AlpacaBroker']
 
 # %% ../../nbs/06e_execution.alpaca.ipynb #e05ba6bb
 _STATUS = {"new": OrderStatus.ACCEPTED, "accepted": OrderStatus.ACCEPTED, "pending_new": OrderStatus.ACCEPTED,
@@ -61,10 +63,10 @@ def _wire(x: Decimal, what: str) -> float:
         raise ValueError(f"{what} {x} cannot be sent exactly as a JSON number")
     return f
 
-def order_request(order: Order):
-    "The `alpaca-py` request for a Bifrost order."
+def order_request(order: Order, **extra):
+    "The `alpaca-py` request for a Bifrost order (`extra`: an order class and its legs)."
     common = dict(symbol=order.symbol, qty=_wire(order.quantity, "quantity"), side=OrderSide(order.side.value),
-                  time_in_force=AlpacaTIF(order.time_in_force.value), client_order_id=order.client_order_id)
+                  time_in_force=AlpacaTIF(order.time_in_force.value), client_order_id=order.client_order_id, **extra)
     lim = None if order.limit_price is None else _wire(order.limit_price, "limit_price")
     stop = None if order.stop_price is None else _wire(order.stop_price, "stop_price")
     match order.order_type:
@@ -77,12 +79,49 @@ def order_request(order: Order):
         case OrderType.STOP_LIMIT:
             return StopLimitOrderRequest(**common, limit_price=lim, stop_price=stop)
 
-def _same(o: AlpacaOrder, order: Order) -> bool:
-    "Whether Alpaca's order is `order` (a resend of it), not another order under the same client id."
+_LINKABLE = (TimeInForce.DAY, TimeInForce.GTC)
+
+def linked_request(linked: LinkedOrders):
+    "The `alpaca-py` request for a linked set: the entry (an OCO's take-profit) with its legs, which Alpaca names itself."
+    first = linked.entry or linked.take_profit
+    tifs = {o.time_in_force for o in linked.orders}
+    if len(tifs) > 1 or not tifs <= set(_LINKABLE):
+        raise OrderRejectedError(f"Alpaca links orders of one time in force, day or gtc; {first.client_order_id}'s "
+                                 f"{linked.order_class.value} has {sorted(t.value for t in tifs)}")
+    if linked.trail is not None:
+        raise OrderRejectedError(f"Alpaca's {linked.order_class.value} orders cannot trail their stop-loss",
+                                 hint="send the trailing stop on its own (submit_trailing) once the entry filled")
+    legs = {"take_profit": linked.take_profit, "stop_loss": linked.stop_loss}
+    for role, o in legs.items():
+        if o is not None and o is not first and o.client_order_id != exit_id(first.client_order_id, role):
+            raise ValueError(f"Alpaca names a linked order's legs itself, so ours are named after their parent: "
+                             f"{o.client_order_id} must be {exit_id(first.client_order_id, role)}")
+    tp, sl = linked.take_profit, linked.stop_loss
+    extra = dict(order_class=AlpacaOrderClass(linked.order_class.value))
+    if tp is not None:
+        extra["take_profit"] = TakeProfitRequest(limit_price=_wire(tp.limit_price, "take-profit"))
+    if sl is not None:
+        extra["stop_loss"] = StopLossRequest(stop_price=_wire(sl.stop_price, "stop-loss"), limit_price=None
+                                             if sl.limit_price is None else _wire(sl.limit_price, "stop-loss limit"))
+    return order_request(first, **extra)
+
+def trailing_request(order: Order, trail: Trail):
+    "The `alpaca-py` request for a trailing stop: `order` is the market order it becomes when triggered."
+    if order.order_type is not OrderType.MARKET:
+        raise ValueError(f"a trailing stop is sent as the market order it becomes, {order.client_order_id} is "
+                         f"{order.order_type.value}")
+    by = dict(trail_percent=_wire(trail.percent, "trail percent")) if trail.percent is not None else \
+        dict(trail_price=_wire(trail.amount, "trail amount"))
+    return TrailingStopOrderRequest(symbol=order.symbol, qty=_wire(order.quantity, "quantity"),
+                                    side=OrderSide(order.side.value), time_in_force=AlpacaTIF(order.time_in_force.value),
+                                    client_order_id=order.client_order_id, **by)
+
+def _same(o: AlpacaOrder, order: Order, kind: str | None = None) -> bool:
+    "Whether Alpaca's order is `order` (a resend of it, sent as `kind` if not its own type), not another order under the same client id."
     dec = lambda v: None if v is None else Decimal(str(v))
-    return (o.symbol == order.symbol and _text(o.side) == order.side.value and dec(o.qty) == order.quantity
-            and _text(o.type or o.order_type) == order.order_type.value and dec(o.limit_price) == order.limit_price
-            and dec(o.stop_price) == order.stop_price)
+    same = (o.symbol == order.symbol and _text(o.side) == order.side.value and dec(o.qty) == order.quantity
+            and _text(o.type or o.order_type) == (kind or order.order_type.value))
+    return same and (kind is not None or (dec(o.limit_price) == order.limit_price and dec(o.stop_price) == order.stop_price))
 
 class _Timeout(HTTPAdapter):
     "Give every request a timeout: `alpaca-py` sets none."
@@ -98,9 +137,9 @@ _KEY_HINT = ("export ALPACA_API_KEY and ALPACA_SECRET_KEY (or APCA_API_KEY_ID an
              "that starts Bifrost, never in a notebook")
 
 
-def _stream_fill(data: dict) -> Fill:
+def _stream_fill(data: dict, client_order_id: str) -> Fill:
     o = data["order"]
-    return Fill(data["execution_id"], o["client_order_id"], o["symbol"], o["side"], Decimal(str(data["qty"])),
+    return Fill(data["execution_id"], client_order_id, o["symbol"], o["side"], Decimal(str(data["qty"])),
                 Decimal(str(data["price"])), datetime.fromisoformat(data["timestamp"]))
 
 # %% ../../nbs/06e_execution.alpaca.ipynb #ab92601f
@@ -129,6 +168,8 @@ class AlpacaBroker:
             self.client._session.mount(prefix, _Timeout(timeout))
         self.where = url_override or ("paper-api.alpaca.markets" if paper else "api.alpaca.markets")
         self._client_ids: dict[str, str] = {}  # Alpaca order id -> client order id, for fills
+        self._legs: dict[str, str] = {}  # a linked order's leg (Alpaca order id) -> our client order id for it
+        self._parents: set[str] = set()  # Alpaca ids of linked orders whose legs are in `_legs`
         self._stream: TradingStream | None = None
         self._stream_thread: threading.Thread | None = None
         self._seen: set[str] = set()  # execution ids already delivered from the stream
@@ -159,8 +200,33 @@ class AlpacaBroker:
         o = self._call(what, fn, *args)
         if o is None:
             raise BrokerUnavailableError(f"Alpaca at {self.where} answered {what} with nothing; the outcome is unknown")
-        self._client_ids[str(o.id)] = o.client_order_id
+        self._learn(o)
         return o
+
+    def _learn(self, o: AlpacaOrder) -> None:
+        "Remember whose order `o` is; a linked order's legs get our ids, named after it."
+        self._client_ids.setdefault(str(o.id), o.client_order_id)
+        if o.legs:
+            self._parents.add(str(o.id))
+            for leg in o.legs:
+                role = "take_profit" if _text(leg.type or leg.order_type) == "limit" else "stop_loss"
+                self._legs[str(leg.id)] = self._client_ids[str(leg.id)] = exit_id(o.client_order_id, role)
+
+    def _ours(self, o: AlpacaOrder) -> str:
+        "Our client order id for Alpaca's order `o` (a leg's is named after its parent, learnt from Alpaca if need be)."
+        if _text(o.order_class) in ("bracket", "oco", "oto") and str(o.id) not in self._legs \
+                and str(o.id) not in self._parents:  # a leg or a parent we have not seen since we started
+            rows = self._call("linked orders", self.client.get_orders,
+                              GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500, nested=True))
+            for row in rows:
+                self._learn(row)
+        return self._legs.get(str(o.id), o.client_order_id)
+
+    def _view(self, o: AlpacaOrder) -> BrokerOrder:
+        "Alpaca's order as a `BrokerOrder` under our client order id."
+        b = broker_order(o)
+        ours = self._ours(o)
+        return b if ours == b.client_order_id else with_changes(b, client_order_id=ours)
 
     def _refusal(self, what: str, err: APIError) -> OrderRejectedError:
         try:
@@ -173,9 +239,17 @@ class AlpacaBroker:
         try:
             return self._order(f"the order {client_order_id}", self.client.get_order_by_client_id, client_order_id)
         except APIError as err:
-            if err.status_code == 404:
-                return None
-            raise self._refusal(f"a look-up of {client_order_id}", err) from err
+            if err.status_code != 404:
+                raise self._refusal(f"a look-up of {client_order_id}", err) from err
+        parent_id, dot, role = client_order_id.rpartition(".")
+        if not dot or role not in ("tp", "sl"):
+            return None
+        parent = self._alpaca_order(parent_id)  # a leg: Alpaca knows it under its parent
+        if parent is None:
+            return None
+        nested = self._order(f"the legs of {parent_id}", self.client.get_order_by_id, parent.id,
+                             GetOrderByIdRequest(nested=True))
+        return next((leg for leg in nested.legs or () if self._legs.get(str(leg.id)) == client_order_id), None)
 
     # the Broker protocol
 
@@ -188,6 +262,35 @@ class AlpacaBroker:
             if err.status_code == 422 and "client_order_id" in str(err):
                 known = self._alpaca_order(order.client_order_id)
                 if known is not None and _same(known, order):
+                    return broker_order(known)
+            raise self._refusal(what, err) from err
+
+    def submit_linked(self, linked: LinkedOrders) -> list[BrokerOrder]:
+        "Send a bracket, OTO or OCO as one of Alpaca's order classes; answers each order of the set, the entry first."
+        first = linked.entry or linked.take_profit
+        what = f"{linked.order_class.value} {first.client_order_id}"
+        try:
+            self._order(what, self.client.submit_order, linked_request(linked))
+        except APIError as err:
+            known = self._alpaca_order(first.client_order_id) if err.status_code == 422 and \
+                "client_order_id" in str(err) else None
+            if known is None or not _same(known, first):
+                raise self._refusal(what, err) from err
+        found = [self.get_order(o.client_order_id) for o in linked.orders]
+        if None in found:
+            raise BrokerUnavailableError(f"Alpaca took the {what} but did not show all its legs; the outcome is unknown",
+                                         hint="ask get_order() about each order before sending again")
+        return found
+
+    def submit_trailing(self, order: Order, trail: Trail) -> BrokerOrder:
+        "A trailing stop: `order` (the market order it becomes when triggered) follows the best price by `trail`."
+        what = f"trailing stop {order.client_order_id}"
+        try:
+            return broker_order(self._order(what, self.client.submit_order, trailing_request(order, trail)))
+        except APIError as err:
+            if err.status_code == 422 and "client_order_id" in str(err):
+                known = self._alpaca_order(order.client_order_id)
+                if known is not None and _same(known, order, "trailing_stop"):
                     return broker_order(known)
             raise self._refusal(what, err) from err
 
@@ -206,15 +309,13 @@ class AlpacaBroker:
     def get_order(self, client_order_id: str) -> BrokerOrder | None:
         "What Alpaca says about the order, or None if it has never seen that client order id."
         o = self._alpaca_order(client_order_id)
-        return None if o is None else broker_order(o)
+        return None if o is None else self._view(o)
 
     def open_orders(self) -> list[BrokerOrder]:
         "Working orders, oldest first (at most 500, Alpaca's page)."
         rows = self._call("open orders", self.client.get_orders,
                           GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, direction="asc"))
-        for o in rows:
-            self._client_ids[str(o.id)] = o.client_order_id
-        return [broker_order(o) for o in rows]
+        return [self._view(o) for o in rows]  # held legs of a linked order too, under our ids
 
     def fills(self, since: datetime | None = None) -> list[Fill]:
         "Fills (Alpaca's FILL activities) at or after `since`, oldest first; `fill_id` is the execution id."
@@ -274,12 +375,14 @@ class AlpacaBroker:
 
         async def handle(msg: dict) -> None:
             data = msg["data"]
-            self._client_ids[data["order"]["id"]] = data["order"]["client_order_id"]
+            order = AlpacaOrder(**data["order"])
+            view = self._view(order)  # a leg's event under our id for it
+            self._client_ids.setdefault(str(order.id), view.client_order_id)
             if on_order is not None:
-                on_order(broker_order(AlpacaOrder(**data["order"])))
+                on_order(view)
             if data["event"] in ("fill", "partial_fill") and data["execution_id"] not in self._seen:
                 self._seen.add(data["execution_id"])
-                fill = _stream_fill(data)
+                fill = _stream_fill(data, view.client_order_id)
                 self.stream_fills.append(fill)
                 if on_fill is not None:
                     on_fill(fill)
@@ -305,6 +408,6 @@ class AlpacaBroker:
         oid = a["order_id"]
         coid = self._client_ids.get(oid)
         if coid is None:
-            coid = self._client_ids[oid] = self._order(f"order {oid}", self.client.get_order_by_id, oid).client_order_id
+            coid = self._client_ids[oid] = self._ours(self._order(f"order {oid}", self.client.get_order_by_id, oid))
         return Fill(a["id"].split("::")[-1], coid, a["symbol"], a["side"], Decimal(a["qty"]), Decimal(a["price"]),
                     datetime.fromisoformat(a["transaction_time"]))

@@ -50,7 +50,7 @@ def _dec(x) -> Decimal | None:
 def _err(status: int, code: int, message: str) -> tuple[int, dict, dict]:
     return status, {"code": code, "message": message}, {}
 
-_OPEN = ("new", "accepted", "partially_filled", "pending_new", "accepted_for_bidding")
+_OPEN = ("new", "accepted", "partially_filled", "pending_new", "accepted_for_bidding", "held")
 _TICK = Decimal("0.01")
 _NO_SLIPPAGE = Slippage()
 
@@ -88,6 +88,10 @@ class AlpacaFake:
         self._lock = threading.RLock()
         self._sockets: set[ServerConnection] = set()
         self._stream_down = False
+        self.legs: dict[str, list[str]] = {}  # a linked order's id -> its legs' ids (take-profit first)
+        self.parent_of: dict[str, str] = {}  # a leg's id -> its parent's id
+        self.hold_legs = False  # fault: a filled parent's legs stay held until `release_legs`
+        self.reject_legs: dict[tuple[str, str], str] = {}  # fault: (parent's client id, role) -> why that leg is refused
 
     # faults
 
@@ -129,8 +133,48 @@ class AlpacaFake:
                 "activity_type": "FILL", "transaction_time": now, "type": event, "price": _num(price),
                 "qty": _num(qty), "side": o["side"], "symbol": o["symbol"], "leaves_qty": _num(total - done - qty),
                 "order_id": o["id"], "cum_qty": o["filled_qty"], "order_status": o["status"]})
-            return self._update(event, o, execution_id=execution, timestamp=now, price=_num(price), qty=_num(qty),
-                                position_qty=_num(held + sign * qty))
+            msg = self._update(event, o, execution_id=execution, timestamp=now, price=_num(price), qty=_num(qty),
+                               position_qty=_num(held + sign * qty))
+            self._linked_done(o)
+            return msg
+
+    def leg(self, client_order_id: str, role: str) -> str:
+        "The client order id Alpaca gave the `role` leg (take_profit or stop_loss) of a linked order."
+        kinds = ("limit",) if role == "take_profit" else ("stop", "stop_limit", "trailing_stop")
+        return next(self.orders[i]["client_order_id"] for i in self.legs[self.by_client_id[client_order_id]]
+                    if self.orders[i]["type"] in kinds)
+
+    def release_legs(self, client_order_id: str) -> None:
+        "A filled parent's held legs start working (at its fill, unless `hold_legs`); a leg in `reject_legs` is refused."
+        with self._lock:
+            parent = self.orders[self.by_client_id[client_order_id]]
+            for i in self.legs.get(parent["id"], []):
+                leg = self.orders[i]
+                if leg["status"] != "held":
+                    continue
+                role = "take_profit" if leg["type"] == "limit" else "stop_loss"
+                reason = self.reject_legs.pop((client_order_id, role), None)
+                leg["status"], leg["updated_at"] = ("new", self._now()) if reason is None else ("rejected", self._now())
+                if reason is not None:
+                    leg["failed_at"] = self._now()
+                self._update("new" if reason is None else "rejected", leg,
+                             **({} if reason is None else {"reason": reason}))
+
+    def _linked_done(self, o: dict) -> None:
+        "After `o` filled: a parent releases its legs; an exit cancels the other exits of its set."
+        if o["id"] in self.legs and o["order_class"] in ("bracket", "oto"):  # an entry: its legs wait for all of it
+            if o["status"] == "filled" and not self.hold_legs:
+                self.release_legs(o["client_order_id"])
+            return
+        parent = self.parent_of.get(o["id"])
+        if o["order_class"] not in ("bracket", "oco") or (parent is None and o["id"] not in self.legs):
+            return
+        exits = self.legs[parent or o["id"]] + ([parent] if o["order_class"] == "oco" and parent else [])
+        for i in exits:
+            other = self.orders[i]
+            if i != o["id"] and other["status"] in _OPEN:
+                other["status"], other["canceled_at"] = "canceled", self._now()
+                self._update("canceled", other)
 
     def expire(self, client_order_id: str) -> dict:
         "End an open order as a day order does at the close."
@@ -213,7 +257,8 @@ class AlpacaFake:
                 "side": body["side"], "position_intent": f"{body['side']}_to_open", "time_in_force": body["time_in_force"],
                 "limit_price": _num(_dec(body.get("limit_price"))), "stop_price": _num(_dec(body.get("stop_price"))),
                 "status": "accepted" if replaces else "new", "extended_hours": bool(body.get("extended_hours")),
-                "legs": None, "trail_percent": None, "trail_price": None, "hwm": None}
+                "legs": None, "trail_percent": _num(_dec(body.get("trail_percent"))),
+                "trail_price": _num(_dec(body.get("trail_price"))), "hwm": None}
 
     def _position(self, symbol: str) -> dict:
         qty, basis = self.positions[symbol]
@@ -272,11 +317,12 @@ class AlpacaFake:
         if path == "/v2/orders" and method == "POST":
             return self._submit(body)
         if path == "/v2/orders" and method == "GET":
-            status = query.get("status", "open")
-            rows = [o for o in self.orders.values() if status == "all"
-                    or (o["status"] in _OPEN) == (status == "open")]
+            status, nested = query.get("status", "open"), query.get("nested", "").lower() == "true"
+            wanted = lambda o: status == "all" or (o["status"] in _OPEN) == (status == "open")
+            rows = [o for o in self.orders.values() if not nested or o["id"] not in self.parent_of]
+            rows = [o for o in rows if wanted(o) or (nested and any(wanted(self.orders[i]) for i in self.legs.get(o["id"], ())))]
             rows.sort(key=lambda o: o["submitted_at"], reverse=query.get("direction", "desc") == "desc")
-            return 200, rows[:int(query.get("limit", 50))], {}
+            return 200, [self._nest(o, nested) for o in rows[:int(query.get("limit", 50))]], {}
         if path == "/v2/orders:by_client_order_id" and method == "GET":
             oid = self.by_client_id.get(query.get("client_order_id", ""))
             return (200, self.orders[oid], {}) if oid else _err(404, 40410000, "order not found")
@@ -285,12 +331,17 @@ class AlpacaFake:
             if o is None:
                 return _err(404, 40410000, "order not found")
             if method == "GET":
-                return 200, o, {}
+                return 200, self._nest(o, query.get("nested", "").lower() == "true"), {}
             if method == "DELETE":
                 if o["status"] not in _OPEN:
                     return _err(422, 42210000, "order is not cancelable")
                 o["status"], o["canceled_at"] = "canceled", self._now()
                 self._update("canceled", o)
+                parent = self.parent_of.get(o["id"])  # a leg takes the other legs with it; a parent its held legs
+                for i in self.legs.get(parent, []) + self.legs.get(o["id"], []):
+                    if self.orders[i]["status"] in _OPEN:
+                        self.orders[i]["status"], self.orders[i]["canceled_at"] = "canceled", self._now()
+                        self._update("canceled", self.orders[i])
                 return 204, None, {}
             if method == "PATCH":
                 return self._replace(o, body)
@@ -312,14 +363,68 @@ class AlpacaFake:
             return _err(422, 40010001, "client_order_id must be unique")
         if body.get("type") in ("limit", "stop_limit") and body.get("limit_price") is None:
             return _err(422, 40010001, "limit_price is required")
+        refused = self._refused(body)
+        if refused:
+            return _err(422, 42210000, refused)
         if body["side"] == "buy":
             price = _dec(body.get("limit_price")) or self.prices.get(body["symbol"])
             if price is not None and Decimal(str(body["qty"])) * price > self.cash:
                 return _err(403, 40310000, "insufficient buying power")
         o = self._order(body, coid)
+        kind = body.get("order_class") or "simple"
+        o["order_class"] = kind
+        if body.get("type") == "trailing_stop":  # the stop starts where the trail puts it from the last price
+            mark = self.prices.get(body["symbol"])
+            if mark is not None:
+                off = mark * _dec(body["trail_percent"]) / 100 if body.get("trail_percent") else _dec(body["trail_price"])
+                o["hwm"], o["stop_price"] = _num(mark), _num((mark - off if body["side"] == "sell" else mark + off)
+                                                             .quantize(_TICK))
         self.orders[o["id"]], self.by_client_id[coid] = o, o["id"]
+        if kind != "simple":  # the legs: the other side, the same quantity, held until the parent fills (OCO: working)
+            other = "sell" if body["side"] == "buy" else "buy"
+            legs = ([] if kind == "oco" else [("limit", body.get("take_profit"), "limit_price")]) + \
+                [("stop", body.get("stop_loss"), "stop_price")]
+            for kind_, spec, _ in legs:
+                if not spec:
+                    continue
+                typ = "stop_limit" if kind_ == "stop" and spec.get("limit_price") is not None else kind_
+                leg = self._order({**body, "side": other, "type": typ, "limit_price": spec.get("limit_price"),
+                                   "stop_price": spec.get("stop_price")}, str(uuid.uuid4()))
+                leg["order_class"], leg["status"] = kind, "new" if kind == "oco" else "held"
+                self.orders[leg["id"]], self.by_client_id[leg["client_order_id"]] = leg, leg["id"]
+                self.legs.setdefault(o["id"], []).append(leg["id"])
+                self.parent_of[leg["id"]] = o["id"]
         self._update("new", o)
-        return 200, o, {}
+        return 200, self._nest(o, True), {}
+
+    def _refused(self, body: dict) -> str | None:
+        "Alpaca's reason to refuse an order's shape (422), if any."
+        kind, tif, typ = body.get("order_class") or "simple", body["time_in_force"], body.get("type", "market")
+        if tif in ("opg", "cls") and typ not in ("market", "limit"):
+            return f"{typ} orders cannot be {tif}"
+        if typ == "trailing_stop" and (body.get("trail_percent") is None) == (body.get("trail_price") is None):
+            return "trailing_stop needs one of trail_percent and trail_price"
+        if kind == "simple":
+            return None
+        if tif not in ("day", "gtc"):
+            return f"{kind} orders must be day or gtc"
+        tp, sl = body.get("take_profit") or {}, body.get("stop_loss") or {}
+        if kind in ("bracket", "oco") and not (tp.get("limit_price") and sl.get("stop_price")):
+            return f"{kind} orders need take_profit.limit_price and stop_loss.stop_price"
+        if kind == "oto" and bool(tp) == bool(sl):
+            return "oto orders need either take_profit or stop_loss"
+        base = _dec(body.get("limit_price")) or self.prices.get(body["symbol"])
+        if base is not None and kind != "oco":
+            up = 1 if body["side"] == "buy" else -1  # the exits of a buy sell: profit above the base, loss below
+            if tp and up * (_dec(tp["limit_price"]) - base) < _TICK:
+                return f"take_profit.limit_price must be {'>=' if up > 0 else '<='} base_price {'+' if up > 0 else '-'} 0.01"
+            if sl and up * (base - _dec(sl["stop_price"])) < _TICK:
+                return f"stop_loss.stop_price must be {'<=' if up > 0 else '>='} base_price {'-' if up > 0 else '+'} 0.01"
+        return None
+
+    def _nest(self, o: dict, nested: bool) -> dict:
+        "An order as Alpaca shows it: with its legs when asked for them (`nested`), else `legs` null."
+        return {**o, "legs": [dict(self.orders[i]) for i in self.legs[o["id"]]]} if nested and o["id"] in self.legs else o
 
     def _replace(self, old: dict, body: dict) -> tuple[int, object, dict]:
         if old["status"] not in _OPEN:
