@@ -37,7 +37,8 @@ def _schemas(prefix: str) -> list[str]:
 
 @pytest.fixture
 def target(store_url, tmp_path):
-    "A second, fresh store URL of the same kind as `store_url`; on PostgreSQL every schema a restore left is dropped."
+    """A second, fresh store URL of the same kind as `store_url`; on PostgreSQL every schema a restore left (beside
+    either store) is dropped afterwards."""
     if store_url.startswith("duckdb"):
         yield f"duckdb:///{tmp_path}/restored/t.duckdb"
         return
@@ -192,7 +193,8 @@ def test_a_damaged_file_or_a_foreign_backup_is_refused(traded, store_url, tmp_pa
     assert not _schemas("t_never_made")
 
 
-def test_a_store_that_holds_rows_is_replaced_only_with_force_and_kept_aside(traded, store_url, tmp_path, bifrost_home):
+def test_a_store_that_holds_rows_is_replaced_only_with_force_and_kept_aside(traded, store_url, target, tmp_path,
+                                                                          bifrost_home):
     m = backup(store_url, tmp_path / "b", CLOCK)
     traded.execute("INSERT INTO trading_controls VALUES ('later', 'x', ?, 'after the backup')", [CLOCK.now()])
     with pytest.raises(StoreNotEmptyError, match="--force"):
@@ -207,7 +209,7 @@ def test_a_store_that_holds_rows_is_replaced_only_with_force_and_kept_aside(trad
     assert kept.scalar("SELECT reason FROM trading_controls") == "after the backup"
 
 
-def test_restoring_an_older_backup_supersedes_the_anchors_of_the_lost_history(traded, store_url, tmp_path,
+def test_restoring_an_older_backup_supersedes_the_anchors_of_the_lost_history(traded, store_url, target, tmp_path,
                                                                              bifrost_home):
     m = backup(store_url, tmp_path / "monday", CLOCK)
     anchors = AnchorLog.for_store(traded, bifrost_home)
