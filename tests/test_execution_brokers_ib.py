@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -311,3 +317,71 @@ def test_live_session_at_ib_when_tws_holds_what_the_ledger_does_not_then_nothing
         ib.disconnect()
     info = json.loads(live.scalar("SELECT summary FROM trading_sessions"))
     assert [(b["kind"], b["item"], b["broker"]) for b in info["breaks"]] == [("missing_in_ledger", "SPY", "10")]
+
+
+_KILLED = """
+import datetime as dt, sys
+import pandas as pd
+from ib_insync import IB
+from bifrost.core import SimulatedClock
+from bifrost.execution.ib import IBBroker
+from bifrost.store import connect
+from bifrost.strategy.session import trade_session
+from bifrost.strategy.stream import MarketDataFake
+from bifrost.testing.ib_fake import TWSFake
+store, state, bars, key, secret = sys.argv[1:]
+ib = IB()
+tws = TWSFake(ib, SimulatedClock(dt.datetime(2013, 10, 7, 13, 30, tzinfo=dt.timezone.utc)), cash=100_000,
+              commission="0.35", state=state)
+md = MarketDataFake(pd.read_pickle(bars), key=key, secret=secret, venue=tws)
+trade_session(connect(store), "acct", dt.date(2013, 10, 7), strategy="mr", symbols=["SPY"], mode="live",
+              broker=IBBroker(ib, ack_timeout=2.0).connect(), stream_url=md.start(), idle=3.0, progress=False)
+"""
+
+
+def test_live_session_at_ib_when_process_killed_then_resume_reconciles_and_sends_nothing_twice(live, day_bars,
+                                                                                                tmp_path):
+    "TWS outlives the trading process (its state in a file): a resumed session asks it, books what filled, resends nothing."
+    bars, url, state = day_bars[0], live.url, tmp_path / "tws.state"
+    bars.to_pickle(tmp_path / "bars.pkl")
+    del live  # the trading process has the store
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, url, str(state), str(tmp_path / "bars.pkl"), *KEYS],
+                            env=os.environ.copy())
+    placed = lambda: len(pickle.loads(state.read_bytes())["orders"]) if state.exists() else 0
+    try:
+        for _ in range(12000):  # until its second order reached TWS (or it ended)
+            if placed() >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)  # no clean-up: the session row stays 'running'
+        assert proc.wait(30) == -signal.SIGKILL
+    except BaseException:
+        proc.kill()
+        raise
+    store = connect(url)
+    assert store.scalar("SELECT status FROM trading_sessions") == "running" and placed() >= 2
+    ib = IB()
+    tws = TWSFake(ib, SimulatedClock(datetime(2013, 10, 7, 13, 30, tzinfo=timezone.utc)), commission="0.35",
+                  state=state)
+    before = {o.orderRef for _, o, _ in tws.orders.values()}
+    broker = IBBroker(ib, ack_timeout=2.0).connect()
+    seen = store.query("SELECT max(ts) AS ts FROM bars").ts.iat[0]
+    md = MarketDataFake(bars[bars.ts > seen], key=KEYS[0], secret=KEYS[1], venue=tws)  # the stream goes on
+    try:
+        with pytest.raises(StrategyError, match="running session"):
+            trade_session(store, "acct", DAY, strategy="mr", symbols=["SPY"], mode="live", broker=broker,
+                          stream_url="ws://127.0.0.1:9", idle=0.5, progress=False)
+        s = trade_session(store, "acct", DAY, strategy="mr", symbols=["SPY"], mode="live", broker=broker,
+                          stream_url=md.start(), idle=3.0, progress=False, resume=True)
+    finally:
+        md.stop()
+        ib.disconnect()
+    _assert_books_agree(store, tws)
+    orders = store.query("SELECT client_order_id, status FROM orders")
+    refs = Counter(o.orderRef for _, o, _ in tws.orders.values())
+    assert set(refs.values()) == {1} and set(refs) == set(orders.client_order_id)  # each order reached TWS once
+    assert tws.received.count("placeOrder") == len(refs) - len(before)  # the resumed run sent only new orders
+    assert set(orders.status) <= {"filled", "cancelled"} and s.status == "done"
+    info = json.loads(store.scalar("SELECT summary FROM trading_sessions"))
+    assert info["start_cash"] == "100000.00" and info["breaks"] == []
+    assert len(store.query("SELECT ts FROM bars")) == len(bars)  # every bar of the window, from one run or the other

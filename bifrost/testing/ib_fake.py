@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
+import pickle
 import threading
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 from ib_insync import IB
 from ib_insync.client import Client
@@ -27,10 +30,12 @@ __all__ = ['TWSFake']
 _VERSION = 176  # a TWS server version recent enough for completed orders
 _LIVE = ("PreSubmitted", "Submitted")
 
+_KEPT = ("cash", "orders", "filled", "executions", "holdings", "unsent", "perm")  # what a state file holds
+
 class _Book:
     "What TWS keeps across connections: orders, executions, holdings, cash; the connections told about each change."
-    def __init__(self, clock: Clock, account: str, cash: Decimal):
-        self.clock, self.account, self.cash = clock, account, cash
+    def __init__(self, clock: Clock, account: str, cash: Decimal, state: Path | None = None):
+        self.clock, self.account, self.cash, self.state = clock, account, cash, state
         self.orders: dict[int, tuple[Contract, IBOrder, str]] = {}  # order id -> (contract, order, TWS status)
         self.filled: dict[int, tuple[Decimal, Decimal]] = {}  # order id -> (filled, notional)
         self.executions: list[tuple[Contract, Execution, CommissionReport]] = []
@@ -41,17 +46,28 @@ class _Book:
         self.market = threading.Condition(self.lock)
         self.bar: list[tuple] | None = None
         self.bars, self.market_open, self.market_now = 0, False, None
+        if state is not None and state.exists():  # TWS outlived the process that talked to it last
+            self.__dict__.update(pickle.loads(state.read_bytes()))
+
+    def save(self) -> None:
+        "Keep the state in `state` (if any), whole or not at all, for a TWS that outlives this process."
+        if self.state is not None:
+            part = self.state.with_suffix(".part")
+            part.write_bytes(pickle.dumps({k: getattr(self, k) for k in _KEPT}))
+            os.replace(part, self.state)
 
 class TWSFake(Client):
     "Plays TWS behind `ib_insync`: takes `Client` requests, answers through the `Wrapper`'s callbacks on the event loop."
     def __init__(self, ib: IB, clock: Clock, account: str = "DU1234567", cash: Decimal | int | str = 100_000,
                  venue: TWSFake | None = None,  # the TWS another connection (an earlier process) talked to
+                 state: Path | str | None = None,  # a file that keeps TWS's state for another process (read if it exists)
                  commission: Decimal | str = "1.00",  # market mode: what each execution costs
                  lag: float = 10.0):  # market mode: seconds a bar waits for the trader before it happens anyway
         super().__init__(ib.wrapper)
         self.apiEnd += ib.disconnectedEvent
         ib.client = self
-        self._book = venue._book if venue is not None else _Book(clock, account, Decimal(cash))
+        self._book = venue._book if venue is not None else \
+            _Book(clock, account, Decimal(cash), None if state is None else Path(state))
         self._book.clients.append(self)
         self.clock, self.account = self._book.clock, self._book.account
         self.orders, self.filled = self._book.orders, self._book.filled
@@ -122,6 +138,7 @@ class TWSFake(Client):
                         self._set(i, "Cancelled")
             if left == 0 and not self.hold_children:
                 self.release_children(order_ref)
+            self._book.save()
 
     def release_children(self, order_ref: str) -> None:
         "A filled parent's children start working (TWS does this at the parent's fill unless `hold_children`)."
@@ -135,6 +152,7 @@ class TWSFake(Client):
                     else:  # TWS refuses the child as it goes out: error 201, and the order is gone
                         self.orders[i] = (self.orders[i][0], o, "Cancelled")
                         self._tell(lambda c, i=i, r=reason: c.wrapper.error(i, 201, f"Order rejected - reason:{r}", ""))
+            self._book.save()
 
     # market mode: bars drive the fills (the market-data fake offers them, as with AlpacaFake)
 
@@ -223,6 +241,7 @@ class TWSFake(Client):
                     waits = parent is not None and parent[2] != "Filled"  # a child works once its parent filled
                     self.orders[i] = (self.orders[i][0], o, "PreSubmitted" if waits else "Submitted")
                     self._later(lambda i=i: self._open(i), lambda i=i: self._status(i))
+            self._book.save()
 
     def cancelOrder(self, orderId, manualCancelOrderTime=""):
         self.received.append("cancelOrder")
@@ -233,6 +252,7 @@ class TWSFake(Client):
                 for i, (_, o, s) in list(self.orders.items()):  # a parent's children go with it
                     if o.parentId == orderId and s in _LIVE:
                         self._set(i, "Cancelled")
+                self._book.save()
             else:
                 self._later(lambda: self.wrapper.error(orderId, 10148, f"OrderId {orderId} that needs to be cancelled "
                                                                        f"cannot be cancelled, state: {status}.", ""))
