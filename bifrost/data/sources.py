@@ -421,7 +421,7 @@ def _scan_csv(path: Path, kind: str, spec: FeedSpec) -> _Scan:
     select = ", ".join([f'{col[tcol]} AS "{tcol}"'] + [f"{num(col[c])} AS {c}" for c in _BAR_COLUMNS])
     con, data = _reader(), None
     try:
-        if path.stat().st_size <= ONE_PASS_BYTES:  # a small file is read once, and surveyed from what was read
+        if path.stat().st_size * (8 if kind == "gzip" else 1) <= ONE_PASS_BYTES:  # small: read once, surveyed from what was read
             data = con.sql(f"SELECT {select}, coalesce({offset}, false) AS _offset, coalesce({event}, false) AS _event, "
                                f"CASE WHEN {event} THEN {t} END AS _when, {num(split_col) if split_col else 'NULL'} AS _split, "
                                f"{num(div_col) if div_col else 'NULL'} AS _div FROM {src} WHERE {every}").to_arrow_table()
