@@ -122,8 +122,8 @@ def test_simulate_many_and_sweep_agree_with_simulate(two):
     weights = rng.choice([np.nan, np.nan, 0.0, 0.5], size=(9,) + arrays[0].shape)
     equity, n_trades = simulate_many(*arrays, weights, 50_000.0, 1.0, 0.0, 1.0, 5.0)
     eq2, n2, sh, status = np.empty_like(equity), np.empty(len(weights), np.int64), np.empty(len(weights)), np.empty(len(weights), np.int64)
-    _sweep(*arrays, weights, 50_000.0, np.array([1.0, 0.0, 1.0, 5.0]), NO_GATE.limits, NO_GATE.verdicts, 0, 252.0,
-           eq2, n2, sh, status)
+    _sweep(*arrays, weights, 50_000.0, np.array([1.0, 0.0, 1.0, 5.0]), NO_GATE.limits, NO_GATE.verdicts,
+           np.full((len(weights), 3), np.nan), 0, 252.0, eq2, n2, sh, status)
     blocked = np.zeros(arrays[0].shape, np.bool_)
     for c in range(len(weights)):
         _, _, e, trades = simulate(*arrays, weights[c], 50_000.0, 1.0, 0.0, 1.0, 5.0, blocked)

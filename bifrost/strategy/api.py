@@ -105,6 +105,11 @@ class Panel:
 class Strategy:
     "Base class: subclass, declare `Param`s as class attributes, implement `targets(panel)`."
     bar_size: ClassVar[str] = "1d"
+    # exits the vectorised engine watches through every bar, as fractions of the entry price (None: no such exit);
+    # class attributes, or `Param`s to sweep them
+    stop_loss: ClassVar[float | None] = None      # 0.02: out 2% against the entry
+    take_profit: ClassVar[float | None] = None    # 0.04: out 4% in its favour
+    trailing_stop: ClassVar[float | None] = None  # 0.03: out 3% from the best price since the entry
 
     def __init__(self, **params):
         declared = self.params()
@@ -130,6 +135,19 @@ class Strategy:
 
     def validate(self) -> None:
         "Check relations between parameters (override; raise `StrategyError`)."
+
+    def exit_rules(self) -> tuple[float | None, float | None, float | None]:
+        "`(stop_loss, take_profit, trailing_stop)`, checked: a stop or a trail in (0, 1), a take-profit above 0."
+        out = []
+        for name in ("stop_loss", "take_profit", "trailing_stop"):
+            v = getattr(self, name)
+            if v is not None:
+                v, top = float(v), math.inf if name == "take_profit" else 1.0
+                if not 0 < v < top:
+                    raise StrategyError(f"{self!r}: {name}={v} is not a fraction of the entry price in (0, {top:g})",
+                                        hint=f"write {name}=0.02 for 2%")
+            out.append(v)
+        return tuple(out)
 
     def spec(self) -> dict:
         "The keyword arguments that rebuild this strategy exactly: its parameters (a subclass adds what else it was built from)."

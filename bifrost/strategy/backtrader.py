@@ -90,6 +90,9 @@ class _Record(bt.Analyzer):
 def run_backtrader(strategy: Strategy, panel: Panel, cash: float = 100_000.0, costs: Costs = Costs(),
                    recompute: bool = False, gate: Gate = DEFAULT_GATE, account: str = "backtest") -> BacktestResult:
     "Backtest `strategy` on `panel` inside backtrader, every order through `gate`; a symbol's missing bars as the vectorised engine treats them."
+    if any(v is not None for v in strategy.exit_rules()):
+        raise StrategyError(f"{strategy!r} has exit rules (stop_loss, take_profit, trailing_stop) that the backtrader "
+                            "engine does not place yet", hint="run it in the vectorised engine (run_vectorized)")
     targets = strategy.run_targets(panel)
     log = GateLog(gate, account, panel.symbols)
     cerebro = bt.Cerebro(stdstats=False, cheat_on_open=True)

@@ -18,8 +18,8 @@ from ..compliance.washsale import WashSaleRule
 from .api import Costs
 
 # %% auto #0
-__all__ = ['FULL', 'GATED', 'ASK', 'TEXT', 'LIMIT_SLOTS', 'PASS', 'BLOCK', 'UNSURE', 'NO_GATE', 'GateArrays', 'gate_arrays',
-           'Walk', 'walk', 'simulate', 'simulate_many']
+__all__ = ['FULL', 'GATED', 'ASK', 'TEXT', 'LIMIT_SLOTS', 'PASS', 'BLOCK', 'UNSURE', 'NO_GATE', 'NO_EXITS', 'GateArrays',
+           'gate_arrays', 'Walk', 'walk', 'simulate', 'simulate_many']
 
 # %% ../../nbs/08b1_strategy.kernel.ipynb #6648b63a
 # what the kernel may do on this walk (bits of `mode`)
@@ -108,16 +108,64 @@ def _fall(lim, ref, eq, grows, band):
     return UNSURE if not (ref > band) else _over(ref - eq, lim * ref, band * (2 + lim))
 
 @numba.njit(cache=True)
-def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode, st, fs, pos, marks, work,
+def _exit_fill(q, entry, best, exits, o, h, l, slip):
+    """Where an exit of a position of `q` shares entered at `entry` (best price since: `best`) fills in this bar, NaN if none.
+
+    The rule (every venue's simulation uses it): a stop-loss sits `exits[0]` against the entry, a trailing stop `exits[2]`
+    from the best price before this bar, the nearer one counting; a take-profit `exits[1]` in its favour. An open
+    beyond the stop (a gap) fills at the open, no better; an open beyond the target fills there, better than the
+    target. Within the bar, a stop touched fills at the stop, and a bar touching both stop and target counts as the stop
+    (the worse outcome: a daily bar does not say which came first). The target is a limit: at the target exactly, only
+    if the bar traded through it. One exit closes the whole position, so the other is cancelled (OCO). A stop is a
+    market order once triggered and pays slippage (within the bar's range); a target, a limit, does not."""
+    sl, tp, ts = exits[0], exits[1], exits[2]
+    if q == 0 or o != o:
+        return np.nan
+    if q > 0:
+        stop = max(entry * (1 - sl) if sl == sl else -np.inf, best * (1 - ts) if ts == ts else -np.inf)
+        target = entry * (1 + tp) if tp == tp else np.inf
+        if o <= stop:
+            return max(o * (1 - slip / 1e4), l) if slip else o
+        if o >= target:
+            return o
+        if l <= stop:
+            return max(stop * (1 - slip / 1e4), l) if slip else stop
+        return target if h >= target else np.nan
+    stop = min(entry * (1 + sl) if sl == sl else np.inf, best * (1 + ts) if ts == ts else np.inf)
+    target = entry * (1 - tp) if tp == tp else -np.inf
+    if o >= stop:
+        return min(o * (1 + slip / 1e4), h) if slip else o
+    if o <= target:
+        return o
+    if h >= stop:
+        return min(stop * (1 + slip / 1e4), h) if slip else stop
+    return target if l <= target else np.nan
+
+@numba.njit(cache=True)
+def _enter(entry, i, q0, qty, price):
+    "Keep symbol `i`'s entry price (the average of what built the position) and best price since entry."
+    q1 = q0 + qty
+    if q1 == 0:
+        entry[0, i], entry[1, i] = np.nan, np.nan
+    elif q0 == 0 or (q0 > 0) != (q1 > 0):  # opened, or reversed through zero
+        entry[0, i], entry[1, i] = price, price
+    elif abs(q1) > abs(q0):
+        entry[0, i] = (abs(q0) * entry[0, i] + abs(qty) * price) / abs(q1)
+
+@numba.njit(cache=True)
+def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, exits, mode, st, fs, pos, marks, work, entry,
           positions, cash_out, equity, trades, decisions, rets):
     """Walk the bars from where `st` stands: orders decided on `weights[t-1]` fill at `open_[t]` if the gate lets them.
 
     Returns 0 at the end, 1 when it stopped to ask about an order (`st[_Q_I]`, `st[_Q_QTY]`; resume with the answer in
-    `st[_ANSWER]`, `st[_PENDING] = 1`), 2 when it would have to ask but `mode` has no ASK."""
+    `st[_ANSWER]`, `st[_PENDING] = 1`), 2 when it would have to ask but `mode` has no ASK. With `exits` (stop-loss,
+    take-profit, trailing stop as fractions; NaN: none) each position is also watched through every bar (`_exit_fill`)."""
     n_bars, n_sym = close.shape
     bps, per_share, minimum, slip = costs[0], costs[1], costs[2], costs[3]
     full, gated, may_ask, text = mode & FULL, mode & GATED, mode & ASK, mode & TEXT
     has_verdicts, keep_rets = verdicts.shape[0] > 0, rets.shape[0] > 0
+    watch = exits[0] == exits[0] or exits[1] == exits[1] or exits[2] == exits[2]
+    n_exits = n_sym if watch else 0  # steps k of a bar: its orders at the open, then one exit check per symbol
     # the state in locals (registers) while walking; back into `st` and `fs` only when the walk stops
     t, k, n_orders, n_sells, n_trades, n_dec = st[_T], st[_K], st[_N_ORDERS], st[_N_SELLS], st[_N_TRADES], st[_N_DEC]
     cash, peak, sod, gross, net, sabs = fs[_CASH], fs[_PEAK], fs[_SOD], fs[_GROSS], fs[_NET], fs[_SABS]
@@ -128,7 +176,7 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
             active = False  # most bars carry no order at all: skip valuing the account for them
             if t > 0:
                 for i in range(n_sym):
-                    if weights[t - 1, i] == weights[t - 1, i]:
+                    if weights[t - 1, i] == weights[t - 1, i] or (watch and pos[i] != 0):
                         active = True
                         break
             if active:
@@ -157,14 +205,21 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
                         n_buys += 1
                 n_orders = n_sells + n_buys
             k = 0
-        while k < n_orders:
-            sell = k < n_sells
-            i = work[1, k] if sell else work[2, k - n_sells]
-            delta = work[0, i]
-            if sell:
+        while k < n_orders + (n_exits if t > 0 else 0):
+            if k >= n_orders:  # the exits, intrabar, on what is held after the open's orders
+                i = k - n_orders
+                price = _exit_fill(pos[i], entry[0, i], entry[1, i], exits, open_[t, i], high[t, i], low[t, i], slip)
+                if price != price:
+                    k += 1
+                    continue
+                qty = -pos[i]
+            elif k < n_sells:
+                i = work[1, k]
                 price = max(open_[t, i] * (1 - slip / 1e4), low[t, i]) if slip else open_[t, i]
-                qty = delta
+                qty = work[0, i]
             else:
+                i = work[2, k - n_sells]
+                delta = work[0, i]
                 price = min(open_[t, i] * (1 + slip / 1e4), high[t, i]) if slip else open_[t, i]
                 qty = min(delta, np.int64(math.floor(cash / price)))
                 while qty > 0 and cash - qty * price - _commission(qty, price, bps, per_share, minimum) < 0:
@@ -194,6 +249,8 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
                 gross += abs(q0 + qty) * p - abs(q0) * p
                 net += qty * p
                 sabs += abs(q0 + qty) - abs(q0)
+                if watch:
+                    _enter(entry, i, q0, qty, price)
                 fee = _commission(qty, price, bps, per_share, minimum)
                 cash = cash - qty * price
                 cash = cash - fee
@@ -211,6 +268,8 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode
                 marks[i] = close[t, i]
             if pos[i] != 0:
                 value += pos[i] * marks[i]
+                if watch:  # the trail follows the best price so far, from the next bar on
+                    entry[1, i] = max(entry[1, i], high[t, i]) if pos[i] > 0 else min(entry[1, i], low[t, i])
         if full:
             positions[t] = pos
             cash_out[t] = cash
@@ -367,14 +426,16 @@ def gate_arrays(gate, index: pd.DatetimeIndex, symbols: list[str]) -> GateArrays
 # %% ../../nbs/08b1_strategy.kernel.ipynb #af6bcefa
 @numba.njit(cache=True)
 def _fresh(cash0, n_sym):
-    "A walk's state before the first bar: where it stands, the account, holdings, last closes, and its order book."
+    "A walk's state before the first bar: where it stands, the account, holdings, last closes, its order book, entries."
     st = np.zeros(11, np.int64)
     st[_K] = -1
     fs = np.zeros(6)
     fs[_CASH], fs[_PEAK], fs[_SOD] = cash0, -np.inf, np.nan
-    return st, fs, np.zeros(n_sym, np.int64), np.full(n_sym, np.nan), np.zeros((3, n_sym), np.int64)
+    return (st, fs, np.zeros(n_sym, np.int64), np.full(n_sym, np.nan), np.zeros((3, n_sym), np.int64),
+            np.full((2, n_sym), np.nan))
 
 NO_GATE = GateArrays(np.full(len(LIMIT_SLOTS), np.nan), np.zeros((0, 0), np.int8), False, True)
+NO_EXITS = np.full(3, np.nan)  # stop-loss, take-profit, trailing stop: none
 
 @dataclass(frozen=True)
 class Walk:
@@ -389,20 +450,22 @@ class Walk:
     status: int            # 0 walked to the end; 2 stopped at an order the arrays could not settle (mode without ASK)
 
 def walk(arrays, weights: np.ndarray, cash: float, costs: Costs, gate: GateArrays = NO_GATE, mode: int = FULL,
-         ask=None, rets: np.ndarray | None = None) -> Walk:
+         ask=None, rets: np.ndarray | None = None, exits: np.ndarray = NO_EXITS) -> Walk:
     "Run the kernel over `arrays` (open, high, low, close), answering its questions with `ask(t, i, shares, cash, positions, marks, sod, peak, placed)` -> (approved, reasons)."
     o, h, l, c = arrays
     n_bars, n_sym = c.shape
     full = bool(mode & FULL)
-    cap = int(np.count_nonzero(weights[:-1] == weights[:-1])) if full else 0  # at most one order per target given
-    st, fs, pos, marks, work = _fresh(float(cash), n_sym)
+    # at most one order per target given, and one exit per entry
+    cap = int(np.count_nonzero(weights[:-1] == weights[:-1])) * (1 if np.isnan(exits).all() else 2) if full else 0
+    st, fs, pos, marks, work, entry = _fresh(float(cash), n_sym)
     positions, cash_out = np.empty((n_bars if full else 0, n_sym), np.int64), np.empty(n_bars if full else 0)
     equity, trades, decisions = np.empty(n_bars), np.empty((cap, 5)), np.empty((cap, 5), np.int64)
     cost = np.array([costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps], np.float64)
     reasons: list[str] = []
     while True:
-        status = _walk(o, h, l, c, weights, float(cash), cost, gate.limits, gate.verdicts, mode, st, fs, pos, marks,
-                       work, positions, cash_out, equity, trades, decisions, np.empty(0) if rets is None else rets)
+        status = _walk(o, h, l, c, weights, float(cash), cost, gate.limits, gate.verdicts, exits, mode, st, fs, pos,
+                       marks, work, entry, positions, cash_out, equity, trades, decisions,
+                       np.empty(0) if rets is None else rets)
         if status != 1:
             break
         approved, why = ask(int(st[_T]), int(st[_Q_I]), int(st[_Q_QTY]), float(fs[_CASH]), pos, marks, float(fs[_SOD]),
@@ -421,32 +484,32 @@ def simulate(open_, high, low, close, weights, cash0, bps, per_share, minimum, s
 
 # %% ../../nbs/08b1_strategy.kernel.ipynb #49f54e1c
 @numba.njit(cache=True)
-def _sweep_one(c, open_, high, low, close, weights, cash0, costs, limits, verdicts, mode, periods_per_year,
+def _sweep_one(c, open_, high, low, close, weights, cash0, costs, limits, verdicts, exits, mode, periods_per_year,
                equity, n_trades, sharpe, status):
     "One combination of a sweep: equity only, the Sharpe ratio summed while the row is in cache."
     n_bars, n_sym = close.shape
-    st, fs, pos, marks, work = _fresh(cash0, n_sym)
+    st, fs, pos, marks, work, entry = _fresh(cash0, n_sym)
     rets = np.empty(max(n_bars - 1, 0))
-    status[c] = _walk(open_, high, low, close, weights[c], cash0, costs, limits, verdicts, mode, st, fs, pos, marks,
-                      work, np.empty((0, n_sym), np.int64), np.empty(0), equity[c], np.empty((0, 5)),
+    status[c] = _walk(open_, high, low, close, weights[c], cash0, costs, limits, verdicts, exits[c], mode, st, fs, pos,
+                      marks, work, entry, np.empty((0, n_sym), np.int64), np.empty(0), equity[c], np.empty((0, 5)),
                       np.empty((0, 5), np.int64), rets)
     n_trades[c] = st[_N_TRADES]
     sharpe[c] = _sharpe(rets, periods_per_year)
 
 @numba.njit(parallel=True, cache=True)
-def _sweep(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode, periods_per_year,
+def _sweep(open_, high, low, close, weights, cash0, costs, limits, verdicts, exits, mode, periods_per_year,
            equity, n_trades, sharpe, status):
     "Fill `equity`, `n_trades`, `sharpe` and `status` (2: an order the arrays could not settle) per combination; one thread each."
     for c in numba.prange(weights.shape[0]):
-        _sweep_one(c, open_, high, low, close, weights, cash0, costs, limits, verdicts, mode, periods_per_year,
+        _sweep_one(c, open_, high, low, close, weights, cash0, costs, limits, verdicts, exits, mode, periods_per_year,
                    equity, n_trades, sharpe, status)
 
 @numba.njit(cache=True)
-def _sweep_serial(open_, high, low, close, weights, cash0, costs, limits, verdicts, mode, periods_per_year,
+def _sweep_serial(open_, high, low, close, weights, cash0, costs, limits, verdicts, exits, mode, periods_per_year,
                   equity, n_trades, sharpe, status):
     "`_sweep` in the calling thread."
     for c in range(weights.shape[0]):
-        _sweep_one(c, open_, high, low, close, weights, cash0, costs, limits, verdicts, mode, periods_per_year,
+        _sweep_one(c, open_, high, low, close, weights, cash0, costs, limits, verdicts, exits, mode, periods_per_year,
                    equity, n_trades, sharpe, status)
 
 def simulate_many(open_, high, low, close, weights, cash0, bps, per_share, minimum, slip_bps):
@@ -454,5 +517,5 @@ def simulate_many(open_, high, low, close, weights, cash0, bps, per_share, minim
     n = weights.shape[0]
     equity, n_trades, sharpe, status = np.empty((n, close.shape[0])), np.empty(n, np.int64), np.empty(n), np.empty(n, np.int64)
     _sweep(open_, high, low, close, weights, float(cash0), np.array([bps, per_share, minimum, slip_bps], np.float64),
-           NO_GATE.limits, NO_GATE.verdicts, 0, 252.0, equity, n_trades, sharpe, status)
+           NO_GATE.limits, NO_GATE.verdicts, np.full((n, 3), np.nan), 0, 252.0, equity, n_trades, sharpe, status)
     return equity, n_trades

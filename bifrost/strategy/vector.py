@@ -18,11 +18,11 @@ from ..compliance.gate import Gate
 from ..core import AccountState, Decision, Order, Side
 from ..risk.limits import Limits
 from .api import Costs, Panel, Strategy, StrategyError
-from .kernel import ASK, FULL, GATED, TEXT, Walk, _sharpe, _sweep, _sweep_serial, gate_arrays, walk
+from .kernel import ASK, FULL, GATED, NO_EXITS, TEXT, Walk, _sharpe, _sweep, _sweep_serial, gate_arrays, walk
 
 # %% auto #0
-__all__ = ['DEFAULT_GATE', 'DECISION_COLUMNS', 'BacktestResult', 'GateLog', 'gated_walk', 'run_vectorized', 'SweepResult', 'grid',
-           'run_sweep']
+__all__ = ['DEFAULT_GATE', 'DECISION_COLUMNS', 'BacktestResult', 'GateLog', 'gated_walk', 'exit_array', 'run_vectorized',
+           'SweepResult', 'grid', 'run_sweep']
 
 # %% ../../nbs/08b_strategy.vector.ipynb #63af927e
 @dataclass(frozen=True)
@@ -163,12 +163,17 @@ def _decisions_frame(run: Walk, panel: Panel) -> pd.DataFrame:
                          "shares": d[:, 2], "approved": d[:, 3].astype(bool), "reasons": reasons[d[:, 4]]})
 
 def gated_walk(panel: Panel, w: np.ndarray, cash: float, costs: Costs, gate: Gate, account: str,
-               mode: int = FULL | TEXT, arrays=None, rets: np.ndarray | None = None) -> Walk:
+               mode: int = FULL | TEXT, arrays=None, rets: np.ndarray | None = None, exits: np.ndarray = NO_EXITS) -> Walk:
     "The kernel through `gate`: its array form settles what it can, the gate itself answers the rest."
     if arrays is None:  # as pandas holds them (a wide frame is column-major): copying costs more than the walk
         arrays = tuple(getattr(panel, f).to_numpy(np.float64) for f in ("open", "high", "low", "close"))
     g = gate_arrays(gate, panel.index, panel.symbols)
-    return walk(arrays, w, cash, costs, g, mode | GATED | ASK, _asker(gate, account, panel, arrays[0], g.compact), rets)
+    return walk(arrays, w, cash, costs, g, mode | GATED | ASK, _asker(gate, account, panel, arrays[0], g.compact), rets,
+                exits)
+
+def exit_array(strategy: Strategy) -> np.ndarray:
+    "The strategy's exit rules as the kernel reads them: stop-loss, take-profit, trailing stop; NaN where none."
+    return np.array([np.nan if v is None else v for v in strategy.exit_rules()], np.float64)
 
 def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, costs: Costs = Costs(),
                    gate: Gate = DEFAULT_GATE, account: str = "backtest") -> BacktestResult:
@@ -176,7 +181,7 @@ def run_vectorized(strategy: Strategy, panel: Panel, cash: float = 100_000.0, co
     if cash <= 0:
         raise StrategyError(f"starting cash must be positive, was {cash}")
     w = strategy.run_targets(panel)
-    run = gated_walk(panel, w.to_numpy(np.float64), float(cash), costs, gate, account)
+    run = gated_walk(panel, w.to_numpy(np.float64), float(cash), costs, gate, account, exits=exit_array(strategy))
     close = panel.close
     return BacktestResult(repr(strategy), dict(strategy.values), "vectorized", _trades_frame(run.trades, panel),
                           pd.DataFrame(run.positions, index=panel.index, columns=panel.symbols, copy=False),
@@ -253,16 +258,17 @@ def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], ca
     equity, trades, sharpe, status = np.empty((n, len(panel))), np.empty(n, np.int64), np.empty(n), np.empty(n, np.int64)
     g = gate_arrays(gate, panel.index, panel.symbols)
     cost = np.array([costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps], np.float64)
+    exits = np.stack([exit_array(s) for s in strategies])
     start = 0
     for w in weights:
         stop = start + len(w)
         w = np.ascontiguousarray(w, dtype=np.float64)
-        kernel(o, h, l, c_, w, float(cash), cost, g.limits, g.verdicts, GATED, float(periods_per_year),
+        kernel(o, h, l, c_, w, float(cash), cost, g.limits, g.verdicts, exits[start:stop], GATED, float(periods_per_year),
                equity[start:stop], trades[start:stop], sharpe[start:stop], status[start:stop])
         # a combination that met an order only the gate itself can answer walks again, asking it
         for j in np.flatnonzero(status[start:stop]):
             rets = np.empty(max(len(panel) - 1, 0))
-            run = gated_walk(panel, w[j], float(cash), costs, gate, account, 0, (o, h, l, c_), rets)
+            run = gated_walk(panel, w[j], float(cash), costs, gate, account, 0, (o, h, l, c_), rets, exits[start + j])
             equity[start + j], trades[start + j] = run.equity, run.n_trades
             sharpe[start + j] = _sharpe(rets, periods_per_year)
         start = stop
