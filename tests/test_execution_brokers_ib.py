@@ -139,11 +139,12 @@ def test_fault_the_parent_fills_while_the_connection_is_down(session):
     broker, tws, clock = session
     broker.submit_linked(bracket())
     tws.drop()
+    tws.up = False  # TWS restarting
     clock.advance(timedelta(minutes=5))
     tws.fill("b", 10, "167.50")  # TWS fills it and sends the children; we hear nothing
     with pytest.raises(BrokerUnavailableError, match="not connected"):
         broker.get_order("b")
-    broker.connect()
+    tws.up = True  # the next call connects again
     assert statuses(broker, "b", "b.tp", "b.sl") == [F, A, A]
     fills = broker.fills()
     assert [(f.client_order_id, f.quantity, f.ts) for f in fills] == [("b", 10, T0 + timedelta(minutes=5))]
@@ -289,6 +290,26 @@ def test_live_session_at_ib_books_each_execution_once_and_reconciles(live, day_b
     commissions = live.query("SELECT commission FROM order_fills").commission
     assert (commissions.astype(str) == "0.35").all() or (commissions == D("0.35")).all()
     assert AuditTrail(live).verify().ok
+
+
+def test_live_session_at_ib_when_tws_misbehaves_then_nothing_sent_twice_fills_booked_once(live, day_bars):
+    "Acknowledgements lost (TWS took the orders), a refusal, TWS restarting mid-session, and answers lost for a while."
+    def restart(tws):
+        tws.drop()  # the broker's next call connects again; TWS replays orders and executions
+    script = {2: lambda t: t.lose_acks(2), 40: lambda t: t.reject_next("insufficient funds"), 60: restart,
+              80: lambda t: t.mute(), 83: lambda t: t.mute(False)}
+    tws, s = _trade_at_ib(live, day_bars[0], script)
+    _assert_books_agree(live, tws)
+    assert tws.script == {} and s.status == "done" and s.fills >= 4
+    orders = live.query("SELECT client_order_id, status, reason FROM orders ORDER BY created_at")
+    refused = orders[orders.status == "rejected"]
+    assert len(refused) == 1 and "insufficient funds" in refused.reason.iat[0] and s.refused == 1
+    at_tws = Counter(o.orderRef for _, o, _ in tws.orders.values())
+    assert set(at_tws.values()) == {1}  # each order reached TWS once
+    assert set(at_tws) == set(orders.client_order_id) - set(refused.client_order_id)
+    assert tws.received.count("placeOrder") == len(at_tws) + 1  # and the refused one
+    events = live.query("SELECT client_order_id, to_status FROM order_events")
+    assert (events.to_status == "unknown").sum() >= 2  # the lost acknowledgements: unknown until TWS said
 
 
 def test_live_session_at_ib_when_tws_disagrees_then_break_recorded_and_session_failed(live, day_bars):

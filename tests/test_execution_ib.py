@@ -96,13 +96,27 @@ def test_unacknowledged_order_is_outcome_unknown_and_found_after_reconnect(sessi
         broker.submit(limit("lost"))
     tws.drop()
     tws.mute(False)
-    with pytest.raises(BrokerUnavailableError, match="not connected"):
+    tws.up = False  # TWS restarting
+    with pytest.raises(BrokerUnavailableError, match="not connected.*does not answer again"):
         broker.get_order("lost")
-    broker.connect()
-    got = broker.get_order("lost")
+    tws.up = True
+    got = broker.get_order("lost")  # the call connects again and asks
     assert got is not None and got.status is OrderStatus.ACCEPTED
     assert broker.submit(limit("lost")).broker_order_id == got.broker_order_id
     assert tws.received.count("placeOrder") == 1
+
+
+def test_never_connected_is_not_connected_and_no_reconnect_means_unknown_at_once(session):
+    _, tws, _ = session
+    with pytest.raises(BrokerUnavailableError, match="not connected"):
+        IBBroker(IB(), ack_timeout=0.2).cash()  # never connected: nothing to connect again
+    ib = IB()
+    again = TWSFake(ib, tws.clock, venue=tws)
+    b = IBBroker(ib, ack_timeout=0.2, reconnect=False).connect()
+    again.drop()
+    with pytest.raises(BrokerUnavailableError, match="not connected"):
+        b.cash()
+    assert not ib.isConnected()
 
 
 def test_disconnect_mid_fill_then_reconnect_loses_and_doubles_nothing(session):
@@ -111,14 +125,14 @@ def test_disconnect_mid_fill_then_reconnect_loses_and_doubles_nothing(session):
     tws.fill("x", 20, "167.70")
     assert broker.get_order("x").filled_quantity == 20
     tws.drop()
+    tws.up = False
     for call in (broker.positions, broker.cash, broker.fills, broker.open_orders):
         with pytest.raises(BrokerUnavailableError):
             call()
-    tws.up = False
     with pytest.raises(BrokerUnavailableError, match="cannot connect"):
         broker.connect()
     tws.up = True
-    broker.connect()
+    assert broker.get_order("x").filled_quantity == 20  # connected again by the call
     clock.advance(timedelta(seconds=1))
     tws.fill("x", 30, "167.60")
     fills = broker.fills()

@@ -107,6 +107,7 @@ class IBBroker:
                  exchange: str = "SMART",
                  currency: str = "USD",
                  ack_timeout: float = 5.0,  # seconds to wait for TWS to acknowledge an order or a cancel
+                 reconnect: bool = True,  # a call on a lost connection connects again first
                  connect_timeout: float = 4.0):
         if asyncio.get_event_loop_policy().get_event_loop().is_running():
             util.startLoop()  # in Jupyter: ib_insync's blocking calls run inside the kernel's loop
@@ -115,7 +116,8 @@ class IBBroker:
         self.paper = port in (7497, 4002)  # TWS and IB Gateway's paper ports; any other port may be real money
         self.capabilities = with_changes(type(self).capabilities, paper=self.paper)
         self.exchange, self.currency = exchange, currency
-        self.ack_timeout, self.connect_timeout = ack_timeout, connect_timeout
+        self.ack_timeout, self.connect_timeout, self.reconnect = ack_timeout, connect_timeout, reconnect
+        self._was_connected = False  # only a connection we had is made again
 
     def connect(self) -> IBBroker:
         "Connect (again) to TWS; the session's orders and today's executions come back with it."
@@ -131,6 +133,7 @@ class IBBroker:
                                          hint="start TWS or IB Gateway with the API enabled on that port") from err
         finally:
             quiet.setLevel(level)
+        self._was_connected = True
         return self
 
     # the Broker protocol
@@ -230,9 +233,9 @@ class IBBroker:
         self._ready()
         try:  # TWS's own list: executions it made while the connection was down, or not yet relayed, come with it
             self.ib.run(asyncio.wait_for(self.ib.reqExecutionsAsync(), self.ack_timeout))
-        except asyncio.TimeoutError as err:
-            raise BrokerUnavailableError(f"TWS did not list its executions within {self.ack_timeout} s",
-                                         hint="ask again; nothing was booked") from err
+        except (asyncio.TimeoutError, ConnectionError) as err:  # no answer in time, or the connection went meanwhile
+            raise BrokerUnavailableError(f"TWS did not list its executions within {self.ack_timeout} s "
+                                         f"({type(err).__name__})", hint="ask again; nothing was booked") from err
         self._ready()
         out = []
         for f in self.ib.fills():
@@ -262,9 +265,16 @@ class IBBroker:
     # plumbing
 
     def _ready(self) -> None:
-        "Let queued TWS messages in; refuse with `BrokerUnavailableError` when the connection is down."
+        "Let queued TWS messages in; connect again if the connection was lost; `BrokerUnavailableError` if TWS is not there."
         if self.ib.isConnected():
             self.ib.sleep(0)
+        elif self.reconnect and self._was_connected:
+            try:
+                self.connect()
+            except BrokerUnavailableError as err:
+                raise BrokerUnavailableError(f"not connected to TWS at {self.host}:{self.port}, and it does not "
+                                             f"answer again ({err})", hint="start TWS or IB Gateway; then ask "
+                                             "get_order() about anything in flight") from err
         if not self.ib.isConnected():
             raise BrokerUnavailableError(f"not connected to TWS at {self.host}:{self.port}",
                                          hint="connect() again; then ask get_order() about anything in flight")

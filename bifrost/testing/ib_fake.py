@@ -73,7 +73,7 @@ class TWSFake(Client):
         self.orders, self.filled = self._book.orders, self._book.filled
         self.executions, self.holdings = self._book.executions, self._book.holdings
         self.commission, self.lag = Decimal(commission), lag
-        self.up, self.muted, self._reject = True, False, None
+        self.up, self.muted, self._reject, self._lose = True, False, None, 0
         self.hold_children, self.reject_children = False, {}  # faults at a parent's fill: see `fill`
         self.received: list[str] = []  # names of the requests received
         self._loop = asyncio.get_event_loop_policy().get_event_loop()  # ib_insync's: answers are queued on it
@@ -90,6 +90,10 @@ class TWSFake(Client):
 
     def reject_next(self, reason: str = "insufficient funds") -> None:
         self._reject = reason
+
+    def lose_acks(self, n: int = 1) -> None:
+        "TWS takes the next `n` orders, but their acknowledgements are lost on the way."
+        self._lose = n
 
     def mute(self, muted: bool = True) -> None:
         self.muted = muted
@@ -240,7 +244,10 @@ class TWSFake(Client):
                     parent = self.orders.get(o.parentId)
                     waits = parent is not None and parent[2] != "Filled"  # a child works once its parent filled
                     self.orders[i] = (self.orders[i][0], o, "PreSubmitted" if waits else "Submitted")
-                    self._later(lambda i=i: self._open(i), lambda i=i: self._status(i))
+                    if self._lose:
+                        self._lose -= 1
+                    else:
+                        self._later(lambda i=i: self._open(i), lambda i=i: self._status(i))
             self._book.save()
 
     def cancelOrder(self, orderId, manualCancelOrderTime=""):
