@@ -258,7 +258,8 @@ def run_sweep(strategy_cls: type[Strategy], panel: Panel, combos: list[dict], ca
     equity, trades, sharpe, status = np.empty((n, len(panel))), np.empty(n, np.int64), np.empty(n), np.empty(n, np.int64)
     g = gate_arrays(gate, panel.index, panel.symbols)
     cost = np.array([costs.commission_bps, costs.per_share, costs.minimum, costs.slippage_bps], np.float64)
-    exits = np.stack([exit_array(s) for s in strategies])
+    exits = (np.stack([exit_array(s) for s in strategies]) if any(getattr(strategy_cls, k) is not None for k in
+             ("stop_loss", "take_profit", "trailing_stop")) else np.full((len(strategies), 3), np.nan))
     start = 0
     for w in weights:
         stop = start + len(w)
