@@ -25,7 +25,7 @@ __all__ = ['config_app', 'db_app', 'ingest_app', 'data_app', 'config_show', 'db_
 
 # %% ../../nbs/13b_commands.data.ipynb #d1515974
 config_app = typer.Typer(help="Bifrost's configuration.", no_args_is_help=True)
-db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+db_app = typer.Typer(help="The store's schema, backups and restores.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Bring market data into the store.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect market data in the store.", no_args_is_help=True)
 
