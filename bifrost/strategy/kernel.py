@@ -169,10 +169,10 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, exit
     # the state in locals (registers) while walking; back into `st` and `fs` only when the walk stops
     t, k, n_orders, n_sells, n_trades, n_dec = st[_T], st[_K], st[_N_ORDERS], st[_N_SELLS], st[_N_TRADES], st[_N_DEC]
     cash, peak, sod, gross, net, sabs = fs[_CASH], fs[_PEAK], fs[_SOD], fs[_GROSS], fs[_NET], fs[_SABS]
-    status = 0
+    status, n_steps = 0, n_orders + n_exits  # resuming: a bar stopped in is one with orders or exits to check
     while t < n_bars:
         if k < 0:  # the bar opens: plan its orders from the account valued at this open
-            n_orders = 0
+            n_orders, n_steps = 0, 0
             active = False  # most bars carry no order at all: skip valuing the account for them
             if t > 0:
                 for i in range(n_sym):
@@ -204,8 +204,9 @@ def _walk(open_, high, low, close, weights, cash0, costs, limits, verdicts, exit
                         work[2, n_buys] = i
                         n_buys += 1
                 n_orders = n_sells + n_buys
+                n_steps = n_orders + n_exits
             k = 0
-        while k < n_orders + (n_exits if t > 0 else 0):
+        while k < n_steps:
             if k >= n_orders:  # the exits, intrabar, on what is held after the open's orders
                 i = k - n_orders
                 price = _exit_fill(pos[i], entry[0, i], entry[1, i], exits, open_[t, i], high[t, i], low[t, i], slip)
