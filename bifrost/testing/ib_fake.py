@@ -227,6 +227,7 @@ class TWSFake(Client):
         with self._book.lock:
             if orderId in self.orders:  # a modification
                 self.orders[orderId] = (contract, order, self.orders[orderId][2])
+                self._book.save()
                 self._later(lambda: self._open(orderId), lambda: self._status(orderId))
                 return
             if self._reject is not None:
