@@ -133,6 +133,16 @@ def gate_benchmark(quick: bool = False, repeat: int = 3, n_positions: int = 50) 
     orders = [Order(f"b{i}", syms[int(rng.integers(len(syms)))], Side.BUY if rng.random() < .5 else Side.SELL,
                     Decimal(int(rng.integers(1, 200)))) for i in range(n)]
     out = gate_latency(Gate(limits, rules), state, orders, repeat=1 if quick else repeat)
+    # a 500-order rebalance gated as one batch (each order against the account the approved ones before it leave)
+    batch = [Order(f"r{i}", syms[i % len(syms)], Side.BUY if i % 3 else Side.SELL, Decimal(1 + i % 50)) for i in range(500)]
+    gate = Gate(limits, rules)
+    gate.batch(batch, state)
+    took = []
+    for _ in range(3 if quick else 10):
+        t0 = time.perf_counter_ns()
+        gate.batch(batch, state)
+        took.append(time.perf_counter_ns() - t0)
+    out["batch_500_ms"] = float(np.median(took)) / 1e6
     # the reference in the same run: the bare cost of valuing the account once (one pass over its positions)
     t0 = time.perf_counter_ns()
     for _ in range(200):

@@ -32,12 +32,26 @@ def _percentiles(ns: list[int]) -> tuple[float, float]:
     a = np.asarray(ns, dtype=np.float64) / 1e3
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
-def _round_trips(store: Store, n: int, seed: int = 0) -> dict[str, float]:
+_COMMIT_TABLE = "CREATE TABLE IF NOT EXISTS bench_commit (k BIGINT PRIMARY KEY, ts TIMESTAMPTZ NOT NULL, v TEXT NOT NULL)"
+
+def _one_commit(store: Store, k: int, at) -> int:
+    "ns for the floor: one durable commit of one small row, through the same Store API and connection."
+    t0 = time.perf_counter_ns()
+    with store.transaction():
+        store.execute("INSERT INTO bench_commit (k, ts, v) VALUES (?, ?, ?)", [k, at, "x" * 64])
+    return time.perf_counter_ns() - t0
+
+def _minutes(n: int) -> list:
     cal = TradingCalendar("XNYS")
     sched = cal.schedule("2021-03-01", "2021-12-31")
-    minutes = [o + timedelta(minutes=m) for o, c in zip(sched.open, sched.close)
-               for m in range(1, int((c - o).total_seconds() // 60) - 1)][: n + 1]
-    clock = SimulatedClock(minutes[0].to_pydatetime())
+    return [(o + timedelta(minutes=m)).to_pydatetime() for o, c in zip(sched.open, sched.close)
+            for m in range(1, int((c - o).total_seconds() // 60) - 1)][:n]
+
+def _round_trips(store: Store, n: int, seed: int = 0) -> dict[str, float]:
+    "`n` round trips, each followed by one bare commit of the same store (so both see the same machine)."
+    cal = TradingCalendar("XNYS")
+    minutes = _minutes(n + 1)
+    clock = SimulatedClock(minutes[0])
     name = f"bench{seed}"
     book = Portfolio.open(store, name, opened_at=clock.now())
     book.deposit(Decimal(10_000_000), ts=clock.now())
@@ -48,7 +62,8 @@ def _round_trips(store: Store, n: int, seed: int = 0) -> dict[str, float]:
                                  prices)
     gate = Gate(Limits(max_order_notional=Decimal(100_000), max_position_weight=Decimal("0.5")))
     oms = OMS(store, broker, gate, state, book, clock, AuditTrail(store), calendar=cal, sleep=lambda s: None)
-    total, submit, sync = [], [], []
+    store.execute(_COMMIT_TABLE)
+    total, submit, sync, commit = [], [], [], []
     t_all = time.perf_counter_ns()
     for i in range(n):
         side = "buy" if i % 2 == 0 else "sell"
@@ -57,7 +72,7 @@ def _round_trips(store: Store, n: int, seed: int = 0) -> dict[str, float]:
         t0 = time.perf_counter_ns()
         oms.submit(order)
         t1 = time.perf_counter_ns()
-        clock.set(minutes[i + 1].to_pydatetime())
+        clock.set(minutes[i + 1])
         px = max(Decimal("1.00"), px + Decimal(rng.randint(-20, 20)).scaleb(-2))
         prices["SPY"] = px
         f = float(px)
@@ -66,24 +81,64 @@ def _round_trips(store: Store, n: int, seed: int = 0) -> dict[str, float]:
         oms.sync()
         t3 = time.perf_counter_ns()
         total.append(t3 - t0); submit.append(t1 - t0); sync.append(t3 - t2)
-    elapsed = (time.perf_counter_ns() - t_all) / 1e9
+        commit.append(_one_commit(store, seed * 1_000_000 + i, clock.now()))
+    elapsed = (time.perf_counter_ns() - t_all - sum(commit)) / 1e9
     fills = [f for f in oms.journal.fills(broker=broker.name) if f.client_order_id.startswith(f"{name}-")]
     if not (len(fills) == n and book.book.positions() == broker.positions()
             and book.book.cash()["USD"] == broker.cash()):
         raise AssertionError(f"ledger and broker disagree: {len(fills)} fills of {n} orders, "
                              f"{book.book.positions()} vs {broker.positions()}, {book.book.cash()} vs {broker.cash()}")
-    (p50, p99), (s50, s99), (y50, y99) = _percentiles(total), _percentiles(submit), _percentiles(sync)
+    (p50, p99), (s50, s99), (y50, y99), (c50, c99) = map(_percentiles, (total, submit, sync, commit))
     return {"round_trip_p50_us": p50, "round_trip_p99_us": p99, "orders_per_s": n / elapsed,
-            "submit_p50_us": s50, "submit_p99_us": s99, "sync_p50_us": y50, "sync_p99_us": y99}
+            "submit_p50_us": s50, "submit_p99_us": s99, "sync_p50_us": y50, "sync_p99_us": y99,
+            "commit_p50_us": c50, "commit_p99_us": c99}
 
-def _bench_store(url: str) -> Store:
+def _symbols(n: int) -> list[str]:
+    return [f"B{i:03d}" for i in range(n)]
+
+def _bench_store(url: str, n_symbols: int = 500) -> Store:
     store = connect(url)
-    store.execute("INSERT INTO instruments (symbol, name, asset_class, currency, exchange, tick_size, lot_size) "
-                  "VALUES ('SPY', 'SPDR S&P 500', 'etf', 'USD', 'XNYS', 0.01, 1)")
+    rows = [["SPY", "SPDR S&P 500"]] + [[s, f"bench {s}"] for s in _symbols(n_symbols)]
+    store.executemany("INSERT INTO instruments (symbol, name, asset_class, currency, exchange, tick_size, lot_size) "
+                      "VALUES (?, ?, 'etf', 'USD', 'XNYS', 0.01, 1)", rows)
     return store
 
+def _rebalance(store: Store, n: int, seed: int = 0) -> dict[str, float]:
+    "A rebalance into `n` names: gated as one batch, persisted, sent, filled on the next bar, booked; seconds and orders/s."
+    minutes = _minutes(2)
+    clock = SimulatedClock(minutes[0])
+    name, syms = f"rebalance{seed}", _symbols(n)
+    rng = np.random.default_rng(seed)
+    prices = {s: Decimal(f"{p:.2f}") for s, p in zip(syms, rng.uniform(20, 400, n))}
+    book = Portfolio.open(store, name, opened_at=clock.now())
+    book.deposit(Decimal(10_000_000), ts=clock.now())
+    broker = PaperBroker(clock, cash=Decimal(10_000_000), participation=None)
+    state = lambda: AccountState(name, clock.now(), book.book.cash().get("USD", Decimal(0)), book.book.positions(),
+                                 prices)
+    gate = Gate(Limits(max_order_notional=Decimal(100_000), max_position_weight=Decimal("0.05"),
+                       max_gross_exposure=Decimal(20_000_000), max_leverage=Decimal(2)))
+    oms = OMS(store, broker, gate, state, book, clock, AuditTrail(store), sleep=lambda s: None)
+    orders = [Order(f"{name}-{s}", s, "buy", (Decimal(15_000) / prices[s]).to_integral_value(rounding="ROUND_FLOOR"))
+              for s in syms]
+    t0 = time.perf_counter_ns()
+    got = oms.submit_many(orders)
+    t1 = time.perf_counter_ns()
+    clock.set(minutes[1])
+    for s in syms:
+        p = float(prices[s])
+        broker.on_bar(Bar(s, clock.now(), p, p + 0.05, p - 0.05, p, 1e7))
+    t2 = time.perf_counter_ns()
+    oms.sync()
+    t3 = time.perf_counter_ns()
+    if not (all(r.status.value == "accepted" for r in got) and book.book.positions() == broker.positions()
+            and len(broker.positions()) == n and book.book.cash()["USD"] == broker.cash()):
+        raise AssertionError(f"rebalance: ledger and broker disagree ({len(broker.positions())} of {n} positions)")
+    client = (t1 - t0) + (t3 - t2)  # ours: the gate, the OMS and the ledger; the simulated market's bars are not
+    return {"rebalance_orders": float(n), "rebalance_submit_ms": (t1 - t0) / 1e6, "rebalance_sync_ms": (t3 - t2) / 1e6,
+            "rebalance_orders_per_s": n / (client / 1e9)}
+
 def execution_benchmark(quick: bool = False, pg_url: str | None = None) -> dict[str, float]:
-    "Order round trips (gate, OMS, paper broker, ledger) on a DuckDB store (and PostgreSQL at `pg_url`): µs, orders/s."
+    "Order round trips (gate, OMS, paper broker, ledger) beside the same store's bare commit, and a 500-name rebalance; on DuckDB (and PostgreSQL at `pg_url`): µs, orders/s."
     n_held, n_shared = (200, 30) if quick else (2_000, 200)
     out: dict[str, float] = {"orders": float(n_held), "orders_shared": float(n_shared)}
     with tempfile.TemporaryDirectory() as d:
@@ -91,6 +146,7 @@ def execution_benchmark(quick: bool = False, pg_url: str | None = None) -> dict[
         gc.collect()
         with store.session():
             out.update(_round_trips(store, n_held, seed=0))
+            out.update(_rebalance(store, 500, seed=0))
         shared = _round_trips(store, n_shared, seed=1)
         out.update({f"shared_{k}": v for k, v in shared.items()})
     if pg_url:  # a schema of its own, dropped afterwards
@@ -99,6 +155,7 @@ def execution_benchmark(quick: bool = False, pg_url: str | None = None) -> dict[
         try:
             with store.session():
                 out.update({f"pg_{k}": v for k, v in _round_trips(store, n_held // 2, seed=2).items()})
+                out.update({f"pg_{k}": v for k, v in _rebalance(store, 500, seed=2).items()})
         finally:
             store.drop_schema()
     return out

@@ -79,6 +79,7 @@ class PaperBroker:
         self._fill_times: list[datetime] = []  # sorted while market data arrives in time order
         self._in_order = True
         self._sessions: dict = {}  # local date -> (open, close) UTC, or None: no session that day
+        self._soonest: datetime | None = None  # the earliest expiry of a working order: no scan before it
 
     # the Broker protocol
 
@@ -100,6 +101,8 @@ class PaperBroker:
         w = _Working(order, f"paper-{len(self._book) + 1}", len(self._book), now, expires, opens_at=opens_at)
         self._book[order.client_order_id] = w
         self._open.setdefault(order.symbol, []).append(w)
+        if expires is not None and (self._soonest is None or expires < self._soonest):
+            self._soonest = expires
         return w.view()
 
     def cancel(self, client_order_id: str) -> BrokerOrder:
@@ -204,9 +207,13 @@ class PaperBroker:
         raise ValueError(f"no session within 15 days of {ts}: the calendar ends at {self.calendar.last_session}")
 
     def _expire(self, now: datetime) -> None:
+        if self._soonest is None or now < self._soonest:  # asked on every bar and call: a scan only when one is due
+            return
         for orders in self._open.values():
             for w in [w for w in orders if w.expires_at is not None and now >= w.expires_at]:
                 self._finish(w, OrderStatus.EXPIRED, "day order expired at the close")
+        self._soonest = min((w.expires_at for ws in self._open.values() for w in ws if w.expires_at is not None),
+                            default=None)
 
     def _finish(self, w: _Working, status: OrderStatus, reason: str) -> None:
         w.status, w.reason = status, reason

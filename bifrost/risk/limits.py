@@ -112,21 +112,33 @@ def _order_price(order: Order, state: AccountState) -> Decimal:
                min(order.stop_price, state.prices[order.symbol])
     return state.prices[order.symbol]
 
+_PASSED: dict[str, Check] = {}  # a passed check says nothing but its name: one shared object per limit
+
+def _ck(name: str, ok: bool, why) -> Check:
+    "A limit's answer; `why()` (the reason, formatted) is asked only when the limit blocks."
+    if ok:
+        got = _PASSED.get(name)
+        if got is None:
+            got = _PASSED[name] = Check("risk", name, Verdict.PASS, "")
+        return got
+    return Check("risk", name, Verdict.BLOCK, why())
+
 def _limit_checks(order: Order, state: AccountState, limits: Limits, before: Exposure,
                   q0: Decimal) -> tuple[tuple[Check, ...], Exposure | None]:
     "The checks of `order` against an account whose exposure is `before` and position in its symbol `q0`; and the exposure after a full fill."
-    ck = lambda name, ok, why="": Check("risk", name, Verdict.PASS if ok else Verdict.BLOCK, "" if ok else why)
     sym = order.symbol
     if sym not in state.prices or (state.instruments and sym not in state.instruments):
-        return (ck("known_instrument", False, f"{sym} is not a known instrument with a price; nothing to value it by"),), None
+        return (_ck("known_instrument", False,
+                    lambda: f"{sym} is not a known instrument with a price; nothing to value it by"),), None
     out = []
     if limits.restricted:
-        out.append(ck("restricted", sym not in limits.restricted, f"{sym} is restricted for account {state.account}"))
+        out.append(_ck("restricted", sym not in limits.restricted,
+                       lambda: f"{sym} is restricted for account {state.account}"))
     px = _order_price(order, state)
     notional = order.quantity * px
     if limits.max_order_notional is not None:
-        out.append(ck("max_order_notional", notional <= limits.max_order_notional,
-                      f"order notional {notional:,.2f} exceeds {limits.max_order_notional:,}"))
+        out.append(_ck("max_order_notional", notional <= limits.max_order_notional,
+                      lambda: f"order notional {notional:,.2f} exceeds {limits.max_order_notional:,}"))
     last = state.prices[sym]
     q1 = q0 + order.side.sign * order.quantity
     mv0, mv1 = q0 * last, q1 * last
@@ -136,36 +148,36 @@ def _limit_checks(order: Order, state: AccountState, limits: Limits, before: Exp
     grows = abs(q1) > abs(q0)  # opens or adds to a position (a reversal through zero that ends bigger, too)
     if limits.max_position_weight is not None:
         w = _ratio(abs(mv1), eq)
-        out.append(ck("max_position_weight", w <= limits.max_position_weight or not grows,
-                      f"{sym} would be {_pct(w)} of equity, limit {_pct(limits.max_position_weight)}"))
+        out.append(_ck("max_position_weight", w <= limits.max_position_weight or not grows,
+                      lambda: f"{sym} would be {_pct(w)} of equity, limit {_pct(limits.max_position_weight)}"))
     if limits.max_gross_exposure is not None:
-        out.append(ck("max_gross_exposure", gross <= limits.max_gross_exposure or gross <= before.gross,
-                      f"gross exposure would be {gross:,.2f}, limit {limits.max_gross_exposure:,}"))
+        out.append(_ck("max_gross_exposure", gross <= limits.max_gross_exposure or gross <= before.gross,
+                      lambda: f"gross exposure would be {gross:,.2f}, limit {limits.max_gross_exposure:,}"))
     if limits.max_net_exposure is not None:
-        out.append(ck("max_net_exposure", abs(net) <= limits.max_net_exposure or abs(net) <= abs(before.net),
-                      f"net exposure would be {net:,.2f}, limit ±{limits.max_net_exposure:,}"))
+        out.append(_ck("max_net_exposure", abs(net) <= limits.max_net_exposure or abs(net) <= abs(before.net),
+                      lambda: f"net exposure would be {net:,.2f}, limit ±{limits.max_net_exposure:,}"))
     if limits.max_leverage is not None:
         lev = _ratio(gross, eq)
-        out.append(ck("max_leverage", lev <= limits.max_leverage or gross <= before.gross,
-                      f"leverage would be {lev:.2f}×, limit {limits.max_leverage}×"))
+        out.append(_ck("max_leverage", lev <= limits.max_leverage or gross <= before.gross,
+                      lambda: f"leverage would be {lev:.2f}×, limit {limits.max_leverage}×"))
     inst = state.instruments.get(sym)
     sector = inst.sector if inst is not None else None
     if limits.max_sector_weight is not None and sector:
         signed = before.sector_net.get(sector, Decimal(0))
         w0, w1 = abs(signed), abs(signed - mv0 + mv1)
         w = _ratio(w1, eq)
-        out.append(ck("max_sector_weight", w <= limits.max_sector_weight or w1 <= w0,
-                      f"sector {sector} would be {_pct(w)} of equity, limit {_pct(limits.max_sector_weight)}"))
+        out.append(_ck("max_sector_weight", w <= limits.max_sector_weight or w1 <= w0,
+                      lambda: f"sector {sector} would be {_pct(w)} of equity, limit {_pct(limits.max_sector_weight)}"))
     if limits.max_daily_loss is not None and state.start_of_day_equity:
         loss = (state.start_of_day_equity - before.equity) / state.start_of_day_equity
-        out.append(ck("max_daily_loss", loss < limits.max_daily_loss or not grows,
-                      f"down {_pct(loss)} today (limit {_pct(limits.max_daily_loss)}): only risk-reducing orders"))
+        out.append(_ck("max_daily_loss", loss < limits.max_daily_loss or not grows,
+                      lambda: f"down {_pct(loss)} today (limit {_pct(limits.max_daily_loss)}): only risk-reducing orders"))
     if limits.max_drawdown is not None and state.peak_equity:
         dd = (state.peak_equity - before.equity) / state.peak_equity
-        out.append(ck("max_drawdown", dd < limits.max_drawdown or not grows,
-                      f"drawdown {_pct(dd)} from peak (limit {_pct(limits.max_drawdown)}): only risk-reducing orders"))
+        out.append(_ck("max_drawdown", dd < limits.max_drawdown or not grows,
+                      lambda: f"drawdown {_pct(dd)} from peak (limit {_pct(limits.max_drawdown)}): only risk-reducing orders"))
     if before.equity <= 0:
-        out.append(ck("positive_equity", not grows, f"equity is {before.equity:,.2f}: only risk-reducing orders"))
+        out.append(_ck("positive_equity", not grows, lambda: f"equity is {before.equity:,.2f}: only risk-reducing orders"))
     by_sector = before.sector_net
     if sector:
         by_sector = {**by_sector, sector: by_sector.get(sector, Decimal(0)) - mv0 + mv1}

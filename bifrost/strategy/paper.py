@@ -53,7 +53,7 @@ class PaperRunner:
                                             commission=commission, slippage=slippage, participation=None,
                                             extended_hours=True)  # the engines trade every bar they are given
         self._state: AccountState | None = None
-        self._decision: Decision | None = None
+        self._planned: dict[str, Decision] = {}  # the gate's decisions on the orders of the plan being placed
         self._gate = gate
         self.audit = AuditTrail(store)  # one trail for the OMS and the breaks: `anchor()`ed when the session ends
         self.oms = OMS(store, self.broker, self._ask_gate, lambda: self._state, self.book, clock, self.audit,
@@ -61,15 +61,16 @@ class PaperRunner:
         self.decisions: list[tuple] = []  # ts, symbol, shares, approved, reasons
         self.values: list[float] = []     # equity after each bar: the gate's start-of-day and peak equity
         self.marks = np.full(len(self.symbols), np.nan)
-        self._n = int(store.scalar("SELECT count(*) FROM orders WHERE account = ?", [account]))
+        self._n = sum(self.oms.journal.counts(account).values())  # this account's orders so far: ids go on from here
         self._working: set[str] = set()  # client order ids sent and not yet finished
         if self.venue:  # orders and fills an earlier run left behind: adopted and booked before anything is sent
             self.oms.recover()
             self._working = {r.client_order_id for r in self.oms.journal.open_orders(account, self.broker.name)}
 
     def _ask_gate(self, order: Order, state: AccountState) -> Decision:
-        self._decision = self._gate(order, state)
-        return self._decision
+        "The OMS's gate: a planned order's decision, made by the gate on the account as the engines see it."
+        planned = self._planned.pop(order.client_order_id, None)
+        return planned if planned is not None else self._gate(order, state)
 
     def ledger_cash(self) -> Decimal:
         return self.book.book.cash().get(self.book.base_currency, Decimal(0))
@@ -82,8 +83,8 @@ class PaperRunner:
         pos = self.positions()
         return float(self.ledger_cash()) + float(sum(pos[i] * self.marks[i] for i in range(len(pos)) if pos[i]))
 
-    def _submit(self, ts, i: int, shares: int, cash: float, pos: np.ndarray, opens: np.ndarray) -> bool:
-        "Ask the gate (through the OMS) about one planned order, the account as the engines see it; send if approved."
+    def _decide(self, ts, i: int, shares: int, cash: float, pos: np.ndarray, opens: np.ndarray) -> tuple[Order, Decision]:
+        "Ask the gate about one planned order, the account as the engines see it (the orders planned before it done)."
         held = {s: Decimal(int(q)) for s, q in zip(self.symbols, pos) if q}
         px = {s: _dec6(p) for s, p in zip(self.symbols, opens) if p == p and p > 0}
         sod = self.values[-1] if self.values else None
@@ -94,33 +95,42 @@ class PaperRunner:
         self._n += 1
         order = Order(f"{self.account}-{self._n}", self.symbols[i], Side.BUY if shares > 0 else Side.SELL,
                       Decimal(abs(int(shares))), time_in_force=self.tif, created_at=ts)
-        self._decision = None
-        rec = self.oms.submit(order, strategy=self.strategy)
-        approved = rec.status is not OrderStatus.REJECTED
-        gated = self._decision is not None and not self._decision.approved
-        reasons = "; ".join(self._decision.reasons) if gated else rec.reason if not approved else ""
-        self.decisions.append((ts, self.symbols[i], int(shares), approved, reasons))
-        if approved:
-            self._working.add(rec.client_order_id)
-        return approved
+        return order, self._gate(order, self._state)
+
+    def _place(self, ts, planned: list[tuple[Order, Decision]]) -> None:
+        "Persist and send the plan's orders as one batch (`OMS.submit_many`: one commit before the first is sent)."
+        self._planned = {o.client_order_id: d for o, d in planned}
+        recs = self.oms.submit_many([o for o, _ in planned], strategy=self.strategy)
+        self._planned = {}
+        for (o, d), rec in zip(planned, recs):
+            approved = rec.status is not OrderStatus.REJECTED
+            reasons = "; ".join(d.reasons) if not d.approved else rec.reason if not approved else ""
+            self.decisions.append((ts, o.symbol, int(o.side.sign * o.quantity), approved, reasons))
+            if approved:
+                self._working.add(rec.client_order_id)
 
     def _send_toward(self, ts, weights: np.ndarray, positions: np.ndarray, cash: float, o: np.ndarray, h: np.ndarray,
                      lo: np.ndarray) -> bool:
-        "Plan with `rebalance` at prices `o` and send; as the engines, a refused order's symbol sits out and the rest is re-planned."
-        weights, approved, sent = weights.copy(), 0, False
+        "Plan with `rebalance` at prices `o`; as the engines, a refused order's symbol sits out and the rest is re-planned; then send the plan."
+        weights, approved, planned = weights.copy(), 0, []
         while True:
             orders = rebalance(positions, cash, weights, o, h, lo, self.marks, self.costs)
             run_cash, run_pos = cash, positions.copy()
             for n, (i, shares, price, fee) in enumerate(orders):
                 if n >= approved:
-                    if not self._submit(ts, i, shares, run_cash, run_pos, o):
+                    order, decision = self._decide(ts, i, shares, run_cash, run_pos, o)
+                    planned.append((order, decision))
+                    if not decision.approved:
                         weights[i] = np.nan
                         break
-                    approved, sent = approved + 1, True
+                    approved += 1
                 run_cash -= shares * price + fee
                 run_pos[i] += shares
             else:
-                return sent
+                break
+        if planned:
+            self._place(ts, planned)
+        return approved > 0
 
     def step(self, ts, weights: np.ndarray | None, o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray,
              v: np.ndarray) -> None:
