@@ -540,11 +540,14 @@ class OMS:
                     return False
                 if ledger and fill.fill_id not in self.portfolio.book.txn_ids:
                     self.portfolio.apply(fill)  # last: the ledger's memory moves only once its row is written
-        except BaseException:
+        except BaseException as err:
             if ledger:  # the commit failed after the book was updated in memory: rebuild it from the store
                 fresh = Portfolio.load(self.store, self.portfolio.name, clock=self.portfolio.clock)
                 self.portfolio.book, self.portfolio.seq = fresh.book, fresh.seq
             self._open, self._seen, self._recent = None, None, {}
+            if isinstance(err, Exception) and self.journal.has_fill(self.broker.name, fill.fill_id):
+                self._settled(fill)  # another process recorded it first: its primary key said so
+                return False
             raise
         self._settled(fill)
         if rec is None:

@@ -45,7 +45,7 @@ _UPDATE_ORDER = ("UPDATE orders SET status = ?, broker_order_id = ?, filled_quan
 _INSERT_EVENT = ("INSERT INTO order_events (client_order_id, seq, ts, from_status, to_status, detail, event) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?)")
 _INSERT_FILL = ("INSERT INTO order_fills (broker, fill_id, client_order_id, symbol, side, quantity, price, commission, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING fill_id")
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 # an order's row, its event count and whether a stop of it triggered: one point read
 _SELECT = ("SELECT o.client_order_id, o.account, o.broker, o.symbol, o.side, o.quantity, o.order_type, o.time_in_force, "
            "o.limit_price, o.stop_price, o.status, o.broker_order_id, o.filled_quantity, o.avg_fill_price, o.created_at, "
@@ -158,25 +158,24 @@ class OrderJournal:
     def add_fill(self, broker: str, fill: Fill, account: str, order_known: bool = True,
                  change: tuple | None = None) -> bool:
         """Record a fill once (audited as `order.fill`), with the order event it makes (`change`) in the same
-        transaction; False, writing nothing, if this broker's fill id is recorded already."""
-        class _Known(Exception):
-            pass
+        transaction; False, writing nothing, if this broker's fill id is recorded already. The fill's primary key
+        decides (a plain insert: a duplicate is rare, and asking first would cost every fill a read)."""
         try:
             with self.store.transaction():
-                row = [broker, fill.fill_id, fill.client_order_id, fill.symbol, fill.side.value, str(fill.quantity),
-                       str(fill.price), str(fill.commission), fill.ts]
-                if not self.store.rows(_INSERT_FILL, row):  # its primary key says we have it: undo the transaction
-                    raise _Known
-                entries = [("order.fill", account, fill.client_order_id, _fill_payload(broker, fill, order_known), fill.ts)]
+                self.store.execute(_INSERT_FILL, [broker, fill.fill_id, fill.client_order_id, fill.symbol,
+                                                  fill.side.value, str(fill.quantity), str(fill.price),
+                                                  str(fill.commission), fill.ts])
+                entries = [("order.fill", account, fill.client_order_id, _fill_payload(broker, fill, order_known),
+                            fill.ts)]
                 if change is not None:
                     old, new, ev = change
                     entries.append(("order.status", new.account, new.client_order_id, _status_payload(old, new, ev),
                                     new.updated_at))
-                    self.store.execute(_UPDATE_ORDER, _update_row(new))
-                    self.store.execute(_INSERT_EVENT, [new.client_order_id, new.events, new.updated_at, old.status.value,
-                                                       new.status.value, ev.detail, ev.kind])
+                    self._write([change])
                 self.audit.append_many(entries)
-        except _Known:
+        except Exception:
+            if self.store._in_tx or not self.has_fill(broker, fill.fill_id):
+                raise  # inside a caller's transaction the caller rolls back, then asks
             return False
         return True
 
@@ -196,7 +195,7 @@ class OrderJournal:
                 entries.append(("order.status", new.account, new.client_order_id, _status_payload(old, new, ev),
                                  new.updated_at))
             self.audit.append_many(entries)
-            _insert(self.store, _INSERT_FILL.split(" ON CONFLICT")[0],
+            _insert(self.store, _INSERT_FILL,
                     [[broker, f.fill_id, f.client_order_id, f.symbol, f.side.value, str(f.quantity), str(f.price),
                       str(f.commission), f.ts] for f, _ in items])
             self._write([c for _, c in items])
