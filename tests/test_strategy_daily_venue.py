@@ -16,7 +16,7 @@ from bifrost.data.ingest import ingest
 from bifrost.data.read import read_bars
 from bifrost.data.sources import SAMPLE, SampleSource
 from bifrost.execution.alpaca import AlpacaBroker
-from bifrost.execution.alpaca_fake import AlpacaFake
+from bifrost.testing.alpaca_fake import AlpacaFake
 from bifrost.portfolio.ledger import Portfolio
 from bifrost.risk.limits import Limits, save_limits
 from bifrost.store import connect

@@ -56,16 +56,22 @@ def portfolio_list():
 def portfolio_open(name: str, base_currency: str = typer.Option("USD", callback=_currency),
                    lot_method: LotMethodOption = typer.Option(LotMethodOption.fifo),
                    long_only: bool = typer.Option(True),
-                   deposit: Optional[str] = typer.Option(None, callback=money, help="Initial cash, made once.")):
+                   deposit: Optional[str] = typer.Option(None, callback=money, help="Initial cash, made once."),
+                   as_of: Optional[str] = typer.Option(None, callback=iso_date, help="Open it (and make the deposit) "
+                                                       "on this date, YYYY-MM-DD, to replay sessions from then on; "
+                                                       "default: now.")):
     "Open a portfolio (and deposit its starting cash); opening it again changes nothing."
+    from datetime import datetime, timezone
     from bifrost.core import LiveClock
     from bifrost.portfolio.ledger import Portfolio
     store = open_store()
     exists = not store.query("SELECT name FROM portfolios WHERE name = ?", [name]).empty
+    # the ledger is written in time order: an account that replays 2013 must be opened before 2013's sessions
+    opened = datetime.fromisoformat(as_of).replace(tzinfo=timezone.utc) if as_of else None
     with store.transaction():  # the portfolio and its opening deposit, or neither
-        p = Portfolio.open(store, name, base_currency, lot_method.value, long_only, clock=LiveClock())
+        p = Portfolio.open(store, name, base_currency, lot_method.value, long_only, opened_at=opened, clock=LiveClock())
         if deposit and not exists:
-            p.deposit(deposit, reason="opening deposit")
+            p.deposit(deposit, ts=opened, reason="opening deposit")
     if exists:
         typer.echo(f"portfolio {name!r} is open already; nothing changed"
                    + (" (no deposit made: the opening deposit is made once)" if deposit else ""))

@@ -99,6 +99,8 @@ def test_the_notebook_backtests_sweeps_registers_and_promotes(home, registered):
 
 
 def test_three_sessions_at_its_own_bar_size_through_papermill_in_parity(home, registered):
+    # an account for replaying 2013 is opened (and funded) before 2013's sessions: the ledger is written in time order
+    bifrost(home, "portfolio", "open", "trend1", "--deposit", "100000", "--as-of", "2013-10-01")
     bifrost(home, "risk", "limits", "trend1", "--set", "max_daily_loss=0.05", "--set", "max_order_notional=500000",
             "--reason", "paper trial", "--effective-from", "2013-01-01")
     for i, session in enumerate(SESSIONS):
