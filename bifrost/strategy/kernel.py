@@ -419,7 +419,7 @@ def gate_arrays(gate, index: pd.DatetimeIndex, symbols: list[str]) -> GateArrays
     compact = True
     if gate.rules is not None:
         _rule_verdicts(gate.rules, index, symbols, blocked, unsure)
-        compact = all(type(r) in _KNOWN_RULES for r in gate.rules._rules.values())
+        compact = all(gate.rules.registry.get(v.rule) in _KNOWN_RULES for v in gate.rules.versions)
     verdicts = unsure.view(np.int8) * np.int8(UNSURE)
     verdicts[blocked] = BLOCK
     return GateArrays(limits, verdicts if verdicts.any() else nothing, True, compact)
