@@ -183,7 +183,6 @@ class AnchorLog:
 # %% ../nbs/01b_audit.ipynb #c842f1e2
 _COLUMNS = ["seq", "ts", "kind", "account", "subject", "payload", "prev_hash", "hash"]
 _HOME = "home"  # AuditTrail's default: anchors in the settings' home
-_INSERT = "INSERT INTO audit_log (seq, ts, kind, account, subject, payload, prev_hash, hash) VALUES "
 
 # The chain's head of each DuckDB file, as the last appender in this process left it: (seq, hash). A DuckDB file
 # has one writing process, and no other process can open it while this one holds a connection to it, so a head
@@ -254,8 +253,8 @@ class AuditTrail:
                 h = record_hash(seq, ts, kind, account, subject, body, prev)
                 out.append(AuditRecord(seq, ts, kind, account, subject, body, prev, h))
                 prev = h
-            st.execute(_INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(out)),
-                       [v for r in out for v in (r.seq, r.ts, r.kind, r.account, r.subject, r.payload, r.prev_hash, r.hash)])
+            st.insert_rows("audit_log", _COLUMNS, [(r.seq, r.ts, r.kind, r.account, r.subject, r.payload, r.prev_hash,
+                                                     r.hash) for r in out])
             last = out[-1]
             if self._key is not None:
                 _HEADS[self._key] = (last.seq, last.hash)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import io
 import random
 import re
+import threading
 import time
 from contextlib import contextmanager
 from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import duckdb
@@ -26,7 +27,8 @@ import pyarrow.csv as pa_csv
 from .core import MigrationError, StoreError, StoreLockedError, mask_url
 
 # %% auto #0
-__all__ = ['MIGRATIONS', 'LATEST_VERSION', 'StoreStatus', 'Store', 'DuckDBStore', 'PostgresStore', 'connect']
+__all__ = ['MIGRATIONS', 'LATEST_VERSION', 'STREAM_MEMORY_LIMIT', 'StoreStatus', 'Store', 'DuckDBStore', 'PostgresStore',
+           'connect']
 
 # %% ../nbs/01_store.ipynb #fea79c44
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -155,6 +157,9 @@ ALTER TABLE strategy_versions ADD COLUMN source TEXT;
     (11, "order event kinds", """
 ALTER TABLE order_events ADD COLUMN event TEXT;
 """),
+    # DuckDB only (its `_after_migration`): bars rebuilt without the primary key, whose index DuckDB holds in memory
+    # for every row a transaction inserts; PostgreSQL keeps its key
+    (12, "bars without an in-memory index on DuckDB", ""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -211,6 +216,8 @@ class Store:
     def _fetch_rows(self, con, sql: str, params: list) -> list[tuple]: raise NotImplementedError
     def _executemany(self, con, sql: str, rows: list[list]) -> None: raise NotImplementedError
     def _bulk_append(self, con, table: str, frame: pd.DataFrame) -> None: raise NotImplementedError
+    def _stream_append(self, con, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        raise NotImplementedError
     def _has_timescale(self, con) -> bool: return False
     def _lock(self, con, name: str) -> None: raise NotImplementedError
 
@@ -247,10 +254,12 @@ class Store:
                 con.execute("COMMIT")
             except BaseException:
                 self._in_tx = False
-                con.execute("ROLLBACK")
-                for _, undo in self._after:
-                    if undo is not None:
-                        undo()
+                try:
+                    con.execute("ROLLBACK")
+                finally:  # a lock held until the end is let go even if the rollback fails
+                    for _, undo in self._after:
+                        if undo is not None:
+                            undo()
                 raise
             finally:
                 self._in_tx = False
@@ -296,6 +305,36 @@ class Store:
             with self._use(write=True) as con:
                 self._executemany(con, _dialect_sql(sql, self.dialect), [list(r) for r in rows])
 
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence]) -> int:
+        "Insert `rows` (values in `columns` order) in one statement (DuckDB scans many of them as an Arrow table)."
+        if rows:
+            with self._use(write=True) as con:
+                self._insert_rows(con, table, list(columns), rows)
+        return len(rows)
+
+    def update_rows(self, table: str, key: str, columns: Sequence[str], rows: Sequence[Sequence]) -> int:
+        "Set `columns` of the rows of `table` whose `key` is each row's last value, in one statement (each key once)."
+        if rows:
+            with self._use(write=True) as con:
+                self._update_rows(con, table, key, list(columns), rows)
+        return len(rows)
+
+    def _insert_rows(self, con, table, columns, rows):
+        one = f"({', '.join('?' * len(columns))})"
+        for i in range(0, len(rows), 200):
+            part = rows[i:i + 200]
+            con.execute(_dialect_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * len(part))}",
+                                     self.dialect), [v for r in part for v in r])
+
+    def _update_rows(self, con, table, key, columns, rows):
+        one = f"({', '.join('?' * (len(columns) + 1))})"
+        sets = ", ".join(f"{c} = v.{c}" for c in columns)
+        for i in range(0, len(rows), 200):
+            part = rows[i:i + 200]
+            con.execute(_dialect_sql(f"UPDATE {table} SET {sets} FROM (VALUES {', '.join([one] * len(part))}) AS "
+                                     f"v({', '.join([*columns, key])}) WHERE {table}.{key} = v.{key}", self.dialect),
+                        [v for r in part for v in r])
+
     def rows(self, sql: str, params: Sequence = ()) -> list[tuple]:
         "Run a read on the raw cursor and return its rows as tuples (no DataFrame: for point reads)."
         with self._use(write=False) as con:
@@ -334,6 +373,13 @@ class Store:
         with self._use(write=True) as con:
             self._bulk_append(con, table, frame)
         return len(frame)
+
+    def append_stream(self, table: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        """Insert the rows of `batches` (Arrow record batches of `schema`, pulled one at a time as the insert needs
+        them) like `append`; memory stays that of a few batches whatever their number. Returns the rows inserted.
+        Nothing else may use the store while `batches` is being pulled: hold what must be written alongside."""
+        with self._use(write=True) as con:
+            return self._stream_append(con, table, schema, batches)
 
     def migrate(self) -> list[int]:
         "Apply pending migrations, each in its own transaction; returns the versions applied."
@@ -397,9 +443,25 @@ class Store:
     def __repr__(self): return f"<{type(self).__name__} {mask_url(self.url)}>"
 
 # %% ../nbs/01_store.ipynb #eba9ca12
+_KEYLESS = frozenset({"bars"})  # tables DuckDB keeps without their primary key (migration 12): writers keep keys unique
+STREAM_MEMORY_LIMIT = "64MB"  # DuckDB's memory_limit while `append_stream` runs
+_GUARD = threading.Lock()
+_FILE_LOCKS: dict[str, threading.Lock] = {}  # a DuckDB file's writers in this process: `DuckDBStore._lock`
+
 class DuckDBStore(Store):
     "The embedded store: one DuckDB file, one writing process at a time."
     dialect = "duckdb"
+
+    def _after_migration(self, con, version):
+        if version == 12:  # rebuilt in key order, so each row group covers a narrow span of one series
+            con.execute("""CREATE TABLE bars_keyless (
+    symbol TEXT NOT NULL, bar_size TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL,
+    open DOUBLE PRECISION NOT NULL, high DOUBLE PRECISION NOT NULL, low DOUBLE PRECISION NOT NULL,
+    close DOUBLE PRECISION NOT NULL, volume DOUBLE PRECISION NOT NULL, source TEXT NOT NULL)""")
+            con.execute("INSERT INTO bars_keyless SELECT symbol, bar_size, ts, open, high, low, close, volume, source "
+                        "FROM bars ORDER BY symbol, bar_size, ts")
+            con.execute("DROP TABLE bars")
+            con.execute("ALTER TABLE bars_keyless RENAME TO bars")
 
     def __init__(self, url: str, read_only: bool = False, lock_timeout: float = 60.0):
         super().__init__(url, read_only)
@@ -409,6 +471,7 @@ class DuckDBStore(Store):
             raise StoreError("an in-memory DuckDB cannot be shared between operations",
                              hint="use a file: duckdb:///tmp/bifrost.duckdb")
         self.lock_timeout = lock_timeout
+        self._holds_lock = False  # `_lock` holds the file's lock for the open transaction
         if not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
 
@@ -437,7 +500,21 @@ class DuckDBStore(Store):
         con.close()
 
     def _lock(self, con, name):
-        "Nothing to take: one process writes a DuckDB file at a time, and in-process writers conflict at commit."
+        """One process writes a DuckDB file at a time (its file lock); within the process, writers that lock take
+        turns too: whatever `name`, the file's one lock, held until the transaction ends (a second taker waits up to
+        `lock_timeout`). Take it before the transaction's first read: DuckDB's snapshot starts there."""
+        if self._holds_lock:
+            return
+        with _GUARD:
+            lock = _FILE_LOCKS.setdefault(str(Path(self.path).resolve()), threading.Lock())
+        if not lock.acquire(timeout=self.lock_timeout):
+            raise StoreLockedError(f"{self.path} stayed locked by another writer of this process for {self.lock_timeout}s "
+                                   f"(wanted for {name})", hint="another thread is writing it; wait or stop that writer")
+        self._holds_lock = True
+        def release():
+            self._holds_lock = False
+            lock.release()
+        self.after(release, release)
 
     def _fetch_df(self, con, sql, params):
         try:
@@ -454,18 +531,74 @@ class DuckDBStore(Store):
     def _executemany(self, con, sql, rows):
         con.executemany(sql, rows)
 
+    def _insert_rows(self, con, table, columns, rows):
+        if len(rows) < 16:  # a few rows: parameters bind faster than an Arrow table registers
+            return super()._insert_rows(con, table, columns, rows)
+        con.register("_rows", pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}))
+        try:  # many rows: DuckDB scans Arrow memory; binding thousands of parameters costs ten times more
+            con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _rows")
+        finally:
+            con.unregister("_rows")
+
+    def _update_rows(self, con, table, key, columns, rows):
+        if len(rows) < 16:
+            return super()._update_rows(con, table, key, columns, rows)
+        con.register("_rows", pa.table({c: [r[i] for r in rows] for i, c in enumerate([*columns, key])}))
+        try:
+            con.execute(f"UPDATE {table} SET {', '.join(f'{c} = _rows.{c}' for c in columns)} FROM _rows "
+                        f"WHERE {table}.{key} = _rows.{key}")
+        finally:
+            con.unregister("_rows")
+
     def query_arrow(self, sql: str, params: Sequence = ()):
         "Run a read and return an Arrow table."
         with self._use(write=False) as con:
             return con.execute(sql, list(params)).to_arrow_table()
 
     def _bulk_append(self, con, table, frame):
+        if table in _KEYLESS:
+            self.lock(f"table:{table}")
         cols = ", ".join(frame.columns)
         con.register("_incoming", frame)
         con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
 
+    def _stream_append(self, con, table, schema, batches):
+        if table in _KEYLESS:
+            self.lock(f"table:{table}")
+        cols = ", ".join(schema.names)
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        restore = lambda: con.execute(f"SET memory_limit = '{limit}'")
+        # bounded for this one statement: without a limit DuckDB keeps what it writes in memory until the commit
+        con.execute(f"SET memory_limit = '{STREAM_MEMORY_LIMIT}'")
+        try:
+            con.register("_stream", pa.RecordBatchReader.from_batches(schema, batches))
+            n = con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _stream").fetchone()[0]
+            con.unregister("_stream")
+            return n
+        except BaseException:
+            self.after(on_rollback=restore)  # an aborted transaction takes no SET until it is rolled back
+            raise
+        finally:
+            try:
+                restore()
+            except duckdb.Error:
+                pass
+
     def _bulk_upsert(self, con, table, frame, key, update):
         cols = list(frame.columns)
+        if table in _KEYLESS:  # no unique index to conflict on: replace by key, or add only keys not held
+            self.lock(f"table:{table}")  # writers of this file take turns, so two cannot add one key (before the
+            # first read only if the caller's transaction read nothing yet: `upsert` alone, or a caller that locked)
+            con.register("_incoming", frame)
+            on = " AND ".join(f"t.{k} = i.{k}" for k in key)
+            names = ", ".join(cols)
+            if update:
+                con.execute(f"DELETE FROM {table} AS t USING _incoming AS i WHERE {on}")
+                con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
+            else:
+                con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming AS i "
+                            f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {on})")
+            return
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
         action = f"DO UPDATE SET {updates}" if updates and update else "DO NOTHING"
         con.register("_incoming", frame)  # replaced by the next upsert; gone when the connection closes
@@ -553,6 +686,14 @@ class PostgresStore(Store):
 
     def _bulk_append(self, con, table, frame):
         self._copy(con, table, frame)
+
+    def _stream_append(self, con, table, schema, batches):
+        n = 0
+        for batch in batches:  # one COPY a batch, each written and let go before the next is pulled
+            if batch.num_rows:
+                self._copy(con, table, batch.to_pandas())
+                n += batch.num_rows
+        return n
 
     def _bulk_upsert(self, con, table, frame, key, update):
         cols = list(frame.columns)

@@ -388,3 +388,16 @@ def test_after_runs_on_commit_or_on_rollback_of_the_open_transaction(store):
             raise RuntimeError
     store.after(lambda: seen.append("now"))  # outside a transaction: at once
     assert seen == ["committed", "rolled back", "now"]
+
+
+@pytest.mark.parametrize("n", [3, 40])  # a few rows bind as parameters; many go as one Arrow table on DuckDB
+def test_insert_rows_and_update_rows_write_every_row_once(store, n):
+    cols = ["symbol", "name", "asset_class", "currency", "exchange", "tick_size", "lot_size", "sector"]
+    rows = [[f"R{n}X{i}", f"why {i}?", "equity", "USD", "XNYS", 0.01, 1, None if i % 3 else "tech"] for i in range(n)]
+    assert store.insert_rows("instruments", cols, rows) == n
+    store.update_rows("instruments", "symbol", ["name", "sector"], [["100% renamed", "energy", f"R{n}X{i}"]
+                                                                     for i in range(0, n, 2)])
+    got = store.rows("SELECT symbol, name, sector FROM instruments WHERE symbol LIKE ? ORDER BY symbol", [f"R{n}X%"])
+    want = sorted((f"R{n}X{i}", "100% renamed" if i % 2 == 0 else f"why {i}?",
+                   "energy" if i % 2 == 0 else None if i % 3 else "tech") for i in range(n))
+    assert got == want

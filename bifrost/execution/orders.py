@@ -95,28 +95,11 @@ def _fill_payload(broker: str, fill: Fill, order_known: bool) -> dict:
             "quantity": fill.quantity, "price": fill.price, "commission": fill.commission, "ts": fill.ts,
             "order_known": order_known}
 
-def _insert(store: Store, sql: str, rows: list[list], chunk: int = 200) -> None:
-    "Insert `rows` with `sql` (an INSERT ... VALUES of one row), `chunk` rows per statement."
-    head, one = sql.rsplit(" VALUES ", 1)
-    for i in range(0, len(rows), chunk):
-        part = rows[i:i + chunk]
-        store.execute(f"{head} VALUES {', '.join([one] * len(part))}", [v for r in part for v in r])
+_UPDATED = ["status", "broker_order_id", "filled_quantity", "avg_fill_price", "updated_at", "reason", "quantity",
+            "limit_price", "stop_price"]  # what `_update_row` gives, then the client order id
+_EVENT_COLUMNS = ["client_order_id", "seq", "ts", "from_status", "to_status", "detail", "event"]
+_FILL_COLUMNS = ["broker", "fill_id", "client_order_id", "symbol", "side", "quantity", "price", "commission", "ts"]
 
-_UPDATE_MANY = ("UPDATE orders SET status = v.status, broker_order_id = v.broker_order_id, filled_quantity = "
-                "v.filled_quantity, avg_fill_price = v.avg_fill_price, updated_at = v.updated_at, reason = v.reason, "
-                "quantity = v.quantity, limit_price = v.limit_price, stop_price = v.stop_price FROM (VALUES {rows}) AS "
-                "v(status, broker_order_id, filled_quantity, avg_fill_price, updated_at, reason, quantity, limit_price, "
-                "stop_price, client_order_id) WHERE orders.client_order_id = v.client_order_id")
-
-def _update(store: Store, rows: list[list], chunk: int = 200) -> None:
-    "Bring order rows up to date, one statement per `chunk` orders (each order once)."
-    if len(rows) == 1:
-        store.execute(_UPDATE_ORDER, rows[0])
-        return
-    for i in range(0, len(rows), chunk):
-        part = rows[i:i + chunk]
-        marks = ", ".join(["(?, ?, ?, ?, CAST(? AS TIMESTAMPTZ), ?, ?, ?, ?, ?)"] * len(part))
-        store.execute(_UPDATE_MANY.format(rows=marks), [v for r in part for v in r])
 
 # %% ../../nbs/06a_execution.orders.ipynb #8ae7fdd7
 class OrderJournal:
@@ -146,14 +129,16 @@ class OrderJournal:
 
     def _write(self, changes: Sequence[tuple]) -> None:
         "The order rows (new ones inserted, the rest updated to their last state) and one event row per change."
-        _insert(self.store, _INSERT_ORDER, [_order_row(new) for old, new, _ in changes if old.status is _S.NEW])
+        st = self.store
+        st.insert_rows("orders", _ORDER_COLUMNS, [_order_row(new) for old, new, _ in changes if old.status is _S.NEW])
         last = {new.client_order_id: new for old, new, _ in changes if old.status is not _S.NEW}
-        created = {new.client_order_id for old, new, _ in changes if old.status is _S.NEW}
-        _update(self.store, [_update_row(r) for cid, r in last.items() if cid not in created])
-        # an order created in this batch and moved again in it: its row is inserted, then brought up to date
-        _update(self.store, [_update_row(r) for cid, r in last.items() if cid in created])
-        _insert(self.store, _INSERT_EVENT, [[new.client_order_id, new.events, new.updated_at, old.status.value,
-                                             new.status.value, ev.detail, ev.kind] for old, new, ev in changes])
+        if len(last) == 1:
+            st.execute(_UPDATE_ORDER, _update_row(next(iter(last.values()))))
+        else:  # an order created and moved again in one batch: its row is inserted, then brought up to date
+            st.update_rows("orders", "client_order_id", _UPDATED, [_update_row(r) for r in last.values()])
+        st.insert_rows("order_events", _EVENT_COLUMNS, [[new.client_order_id, new.events, new.updated_at,
+                                                          old.status.value, new.status.value, ev.detail, ev.kind]
+                                                         for old, new, ev in changes])
 
     def add_fill(self, broker: str, fill: Fill, account: str, order_known: bool = True,
                  change: tuple | None = None) -> bool:
@@ -195,9 +180,9 @@ class OrderJournal:
                 entries.append(("order.status", new.account, new.client_order_id, _status_payload(old, new, ev),
                                  new.updated_at))
             self.audit.append_many(entries)
-            _insert(self.store, _INSERT_FILL,
-                    [[broker, f.fill_id, f.client_order_id, f.symbol, f.side.value, str(f.quantity), str(f.price),
-                      str(f.commission), f.ts] for f, _ in items])
+            self.store.insert_rows("order_fills", _FILL_COLUMNS,
+                                   [[broker, f.fill_id, f.client_order_id, f.symbol, f.side.value, str(f.quantity),
+                                     str(f.price), str(f.commission), f.ts] for f, _ in items])
             self._write([c for _, c in items])
         return True
 
