@@ -83,10 +83,9 @@ class PaperRunner:
         pos = self.positions()
         return float(self.ledger_cash()) + float(sum(pos[i] * self.marks[i] for i in range(len(pos)) if pos[i]))
 
-    def _decide(self, ts, i: int, shares: int, cash: float, pos: np.ndarray, opens: np.ndarray) -> tuple[Order, Decision]:
+    def _decide(self, ts, i: int, shares: int, cash: float, pos: np.ndarray, px: dict) -> tuple[Order, Decision]:
         "Ask the gate about one planned order, the account as the engines see it (the orders planned before it done)."
         held = {s: Decimal(int(q)) for s, q in zip(self.symbols, pos) if q}
-        px = {s: _dec6(p) for s, p in zip(self.symbols, opens) if p == p and p > 0}
         sod = self.values[-1] if self.values else None
         peak = max(self.values) if self.values else None
         self._state = AccountState(self.account, ts, _dec6(cash), held, px,
@@ -113,12 +112,13 @@ class PaperRunner:
                      lo: np.ndarray) -> bool:
         "Plan with `rebalance` at prices `o`; as the engines, a refused order's symbol sits out and the rest is re-planned; then send the plan."
         weights, approved, planned = weights.copy(), 0, []
+        px = {s: _dec6(p) for s, p in zip(self.symbols, o) if p == p and p > 0}  # the bar's prices, once for its plan
         while True:
             orders = rebalance(positions, cash, weights, o, h, lo, self.marks, self.costs)
             run_cash, run_pos = cash, positions.copy()
             for n, (i, shares, price, fee) in enumerate(orders):
                 if n >= approved:
-                    order, decision = self._decide(ts, i, shares, run_cash, run_pos, o)
+                    order, decision = self._decide(ts, i, shares, run_cash, run_pos, px)
                     planned.append((order, decision))
                     if not decision.approved:
                         weights[i] = np.nan
