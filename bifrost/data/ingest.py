@@ -8,9 +8,10 @@ from __future__ import annotations
 import itertools
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from ..core import Clock, DataError, LiveClock, TradingCalendar, check_symbol
@@ -48,10 +49,12 @@ def _ensure_instruments(store: Store, symbols) -> None:
             "symbol": new, "name": "", "asset_class": spec.asset_class.value, "currency": "USD",
             "exchange": spec.calendar or "", "tick_size": 0.01, "lot_size": 1, "sector": None}), ["symbol"])
 
+def _periods(store: Store, ticker: str) -> pd.DataFrame:
+    return store.query("SELECT valid_from, valid_to, symbol FROM ticker_history WHERE ticker = ?", (ticker,))
+
 def resolve_symbols(store: Store, ticker: str, ts: pd.Series, daily: bool) -> pd.Series:
     "The instrument that held `ticker` at each `ts` (None where none did); a ticker never mapped is its own symbol."
-    periods = store.query("SELECT valid_from, valid_to, symbol FROM ticker_history WHERE ticker = ?", (ticker,))
-    return _resolve(periods, ticker, ts, daily)
+    return _resolve(_periods(store, ticker), ticker, ts, daily)
 
 def _resolve(periods: pd.DataFrame, ticker: str, ts: pd.Series, daily: bool) -> pd.Series:
     if periods.empty:
@@ -83,20 +86,28 @@ def _watermark(store: Store, feed_id: str, now: pd.Timestamp | None = None) -> p
         sql, params = sql + " AND last_ts <= ?", params + [pd.Timestamp(now)]
     return _none_if_nat(store.row(sql, params)[0])
 
-def _open_series(store: Store, feed: Feed, sym: str) -> pd.Timestamp | None:
-    """Claim series `sym` for `feed` (refused if another vendor or basis feeds it), file the instrument under the
-    feed's asset class, and return the series' last stored bar: three statements at most."""
-    spec = feed.spec
-    source, basis, until, filed_as = store.row(
+def _series_state(store: Store, feed: Feed, sym: str) -> tuple:
+    "What the store holds of series `sym`: (vendor, basis, last bar, the instrument's class), in one point read."
+    bar_size = feed.spec.bar_size
+    return store.row(
         "SELECT s.source, s.basis, (SELECT max(ts) FROM bars WHERE symbol = ? AND bar_size = ?), "
         "(SELECT asset_class FROM instruments WHERE symbol = ?) "
         "FROM (SELECT 1 AS one) AS o LEFT JOIN series AS s ON s.symbol = ? AND s.bar_size = ?",
-        (sym, spec.bar_size, sym, sym, spec.bar_size))
+        (sym, bar_size, sym, sym, bar_size))
+
+def _check_series(feed: Feed, sym: str, state: tuple) -> None:
+    "Refuse `feed` for series `sym` if another vendor or basis feeds it, or if `sym` breaks the symbol grammar."
+    source, basis = state[:2]
+    spec = feed.spec
     if source is not None and (source != feed.vendor or basis != spec.basis):
         raise DataError(f"{sym} {spec.bar_size} comes from {source} ({basis} prices); "
                         f"refusing to mix in {feed.source} ({spec.basis} prices)",
                         hint="ingest the other vendor into a separate store (BIFROST_DB_URL) to compare them")
     check_symbol(sym)
+
+def _file_series(store: Store, feed: Feed, sym: str, state: tuple) -> None:
+    "Claim series `sym` for `feed` and file the instrument under the feed's asset class: two statements at most."
+    spec, source, filed_as = feed.spec, state[0], state[3]
     if filed_as != spec.asset_class.value:
         store.execute("INSERT INTO instruments (symbol, name, asset_class, currency, exchange, tick_size, lot_size, sector) "
                       "VALUES (?, '', ?, 'USD', ?, 0.01, 1, NULL) ON CONFLICT (symbol) DO UPDATE SET asset_class = "
@@ -104,7 +115,7 @@ def _open_series(store: Store, feed: Feed, sym: str) -> pd.Timestamp | None:
     if source is None:
         store.execute("INSERT INTO series (symbol, bar_size, source, basis) VALUES (?, ?, ?, ?) "
                       "ON CONFLICT (symbol, bar_size) DO NOTHING", (sym, spec.bar_size, feed.vendor, spec.basis))
-    return _none_if_nat(until)
+
 
 def _text_of(col: pd.Series) -> pd.Series:
     "Values as Python writes them (nan and inf included), vectorised for numbers."
@@ -122,68 +133,112 @@ def _quarantine_rows(bad: pd.DataFrame, source: str, bar_size: str) -> pd.DataFr
     return pd.DataFrame({"source": source, "row_ref": bad.row_ref, "reason": bad.reason, "symbol": bad.symbol,
                          "bar_size": bar_size, "ts": bad.ts, "detail": bad.detail, "raw": when + "," + raw})
 
+_BAR_COLUMNS = ["symbol", "bar_size", "ts", "open", "high", "low", "close", "volume", "source"]
+_BARS = pa.schema([("symbol", pa.string()), ("bar_size", pa.string()), ("ts", pa.timestamp("us", "UTC")),
+                   *[(c, pa.float64()) for c in ("open", "high", "low", "close", "volume")], ("source", pa.string())])
+_QUARANTINE_KEY = ["source", "row_ref", "reason"]
+
 class _FeedWriter:
-    "Writes one feed's verdicts as they come, inside the caller's transaction, and counts them."
-    def __init__(self, store: Store, feed: Feed, clock: Clock, bounds: Bounds):
+    """Judges one feed's chunks as the store pulls its new bars (`batches`, one streamed insert inside the caller's
+    transaction); what else the verdicts write — quarantined rows, bars within a series' history, the series' own
+    rows — is held until the insert ends and written by `finish`."""
+    def __init__(self, store: Store, feed: Feed, clock: Clock, bounds: Bounds, periods: pd.DataFrame):
+        "`periods`: the ticker's, as read before the transaction began, so its locks come before its first read."
         self.store, self.feed, self.spec, self.bounds = store, feed, feed.spec, bounds
         self.calendar = TradingCalendar(self.spec.calendar) if self.spec.calendar else None
         self.now = pd.Timestamp(clock.now())
-        self.periods = store.query("SELECT valid_from, valid_to, symbol FROM ticker_history WHERE ticker = ?",
-                                   (self.spec.ticker,))
         self.validators: dict[str, BarValidator] = {}
         self.stored_until: dict[str, pd.Timestamp | None] = {}  # the series' last bar before this run
         self.rows_in = self.written = self.quarantined = 0
         self.last_ts: pd.Timestamp | None = None
         self.reasons: dict[str, int] = {}
-        candidates = sorted(set(self.periods.symbol)) if len(self.periods) else [self.spec.ticker]
-        for sym in candidates:  # the check and the writes in one transaction: one writer per series at a time
-            store.lock(f"series:{sym}:{self.spec.bar_size}")
+        self.held_bars: list[pd.DataFrame] = []  # bars within a series' history: replace what it holds
+        self.held_quarantine: list[pd.DataFrame] = []
+        self.error: BaseException | None = None  # what stopped `batches`, as raised
+        def lock(periods):  # the check and the writes in one transaction: one writer per series at a time
+            candidates = sorted(set(periods.symbol)) if len(periods) else [self.spec.ticker]
+            for sym in candidates:
+                store.lock(f"series:{sym}:{self.spec.bar_size}")
+            return candidates
+        lock(periods)
+        self.periods = _periods(store, self.spec.ticker)  # again, under the locks: what the writes go by
+        candidates = lock(self.periods)  # a period filed meanwhile: its series locked too
+        # read before the stream starts: the store runs nothing else while it pulls
+        self.state = {sym: _series_state(store, feed, sym) for sym in candidates}
+        self.known_splits = {sym: store.query("SELECT ex_date, value FROM corporate_actions WHERE symbol = ? "
+                                              "AND kind = 'split'", (sym,)) for sym in candidates}
 
     def _validator(self, sym: str) -> BarValidator:
         if sym not in self.validators:
-            self.stored_until[sym] = _open_series(self.store, self.feed, sym)
-            known = self.store.query("SELECT ex_date, value FROM corporate_actions WHERE symbol = ? AND kind = 'split'",
-                                     (sym,))
+            _check_series(self.feed, sym, self.state[sym])
+            self.stored_until[sym] = _none_if_nat(self.state[sym][2])
+            known = self.known_splits[sym]
             splits = pd.concat([pd.Series(known.value.to_numpy(float), index=pd.to_datetime(known.ex_date)),
                                 self.feed.splits]).groupby(level=0).last()
             self.validators[sym] = BarValidator(self.spec.bar_size, self.calendar, self.spec.session, splits,
                                                 bounds=self.bounds, now=self.now, listed_splits=self.feed.splits)
         return self.validators[sym]
 
-    def push(self, chunk: Feed, last: bool = False) -> None:
-        "Judge and write one chunk of the feed (`last`: no chunk follows, so nothing need wait for one)."
+    def batches(self, chunks: Iterable[Feed], progress: tqdm) -> Iterator[pa.RecordBatch]:
+        "The new bars of the feed (its first chunk, then `chunks`) as Arrow batches, each chunk judged when pulled."
+        try:
+            ahead = self.feed  # one chunk read ahead: the last is judged as such, with nothing held for a next one
+            for chunk in itertools.chain(chunks, [None]):
+                for rows in self.push(ahead, last=chunk is None):
+                    yield from pa.Table.from_pandas(rows, schema=_BARS, preserve_index=False).to_batches()
+                progress.update(len(ahead.bars) + len(ahead.rejects))
+                ahead = chunk
+            for sym, v in self.validators.items():  # what the validators still hold
+                good, bad = v.finish()
+                rows = self._judged(good.assign(symbol=sym), bad.assign(symbol=sym))
+                if rows is not None:
+                    yield from pa.Table.from_pandas(rows, schema=_BARS, preserve_index=False).to_batches()
+        except BaseException as err:  # the insert pulling these reports it in its own words: keep ours
+            self.error = err
+            raise
+
+    def push(self, chunk: Feed, last: bool = False) -> list[pd.DataFrame]:
+        "Judge one chunk of the feed (`last`: no chunk follows, so nothing need wait for one); its new bars."
         bars = chunk.bars
         self.rows_in += len(bars) + len(chunk.rejects)
         if len(chunk.rejects):
-            self.store.upsert("quarantine", pd.DataFrame({
+            self.held_quarantine.append(pd.DataFrame({
                 "source": self.feed.source, "row_ref": chunk.rejects.row_ref, "reason": Reason.MALFORMED_LINE.value,
                 "symbol": self.spec.ticker, "bar_size": self.spec.bar_size,
                 "ts": pd.Series(pd.NaT, index=chunk.rejects.index, dtype="datetime64[us, UTC]"),
-                "detail": chunk.rejects.detail, "raw": chunk.rejects.raw}), ["source", "row_ref", "reason"])
+                "detail": chunk.rejects.detail, "raw": chunk.rejects.raw}))
             self.quarantined += len(chunk.rejects)
             self.reasons[Reason.MALFORMED_LINE.value] = self.reasons.get(Reason.MALFORMED_LINE.value, 0) + len(chunk.rejects)
         if not len(bars):
-            return
+            return []
         if self.periods.empty:  # a ticker never mapped is its own symbol: no row to sort out
             good, bad = self._validator(self.spec.ticker).push(bars, last=last)
-            self._write(good.assign(symbol=self.spec.ticker), bad.assign(symbol=self.spec.ticker))
-            return
+            rows = self._judged(good.assign(symbol=self.spec.ticker), bad.assign(symbol=self.spec.ticker))
+            return [] if rows is None else [rows]
         symbol = _resolve(self.periods, self.spec.ticker, bars.ts.fillna(pd.Timestamp("1900-01-01", tz="UTC")),
                           daily=self.spec.bar_size == "1d")
         unmapped = bars[symbol.isna().to_numpy()]
         if len(unmapped):
-            self._write(None, unmapped.assign(symbol=self.spec.ticker, reason=Reason.UNMAPPED_TICKER.value,
-                                              detail=f"ticker {self.spec.ticker} belonged to no instrument in the master on "
-                                                     + unmapped.ts.dt.strftime("%Y-%m-%d") + " (an earlier issuer used it)"))
+            self._judged(None, unmapped.assign(symbol=self.spec.ticker, reason=Reason.UNMAPPED_TICKER.value,
+                                               detail=f"ticker {self.spec.ticker} belonged to no instrument in the master on "
+                                                      + unmapped.ts.dt.strftime("%Y-%m-%d") + " (an earlier issuer used it)"))
+        out = []
         for sym in symbol.dropna().unique():
             good, bad = self._validator(sym).push(bars[(symbol == sym).to_numpy()], last=last)
-            self._write(good.assign(symbol=sym), bad.assign(symbol=sym))
+            rows = self._judged(good.assign(symbol=sym), bad.assign(symbol=sym))
+            if rows is not None:
+                out.append(rows)
+        return out
 
     def finish(self) -> FeedResult:
-        "Judge what the validators still hold, record the ingestion, and say what happened."
-        for sym, v in self.validators.items():
-            good, bad = v.finish()
-            self._write(good.assign(symbol=sym), bad.assign(symbol=sym))
+        "Write what the stream held back (the series, bars within their history, the quarantine, corporate actions)."
+        for sym in self.validators:
+            _file_series(self.store, self.feed, sym, self.state[sym])
+        for rows in self.held_bars:  # disjoint: the validator quarantines a time seen twice in a feed
+            self.store.upsert("bars", rows, ["symbol", "bar_size", "ts"])
+        if self.held_quarantine:  # a row judged twice keeps its last verdict, as one upsert after another would
+            self.store.upsert("quarantine", pd.concat(self.held_quarantine, ignore_index=True)
+                              .drop_duplicates(_QUARANTINE_KEY, keep="last"), _QUARANTINE_KEY)
         actions = _feed_actions(self.periods, self.feed)
         if len(actions):
             self.store.upsert("corporate_actions", actions.assign(source=self.feed.source), ["symbol", "ex_date", "kind"])
@@ -191,27 +246,27 @@ class _FeedWriter:
         return FeedResult(self.feed.source, self.spec.ticker, self.spec.bar_size, self.rows_in, self.written,
                           self.quarantined, symbols, self.reasons)
 
-    def _write(self, good: pd.DataFrame | None, bad: pd.DataFrame) -> None:
+    def _judged(self, good: pd.DataFrame | None, bad: pd.DataFrame) -> pd.DataFrame | None:
+        "Count one verdict and hold what cannot be streamed; the bars after everything their series held."
+        new = None
         if good is not None and len(good):
-            rows = good.assign(bar_size=self.spec.bar_size, source=self.feed.source)[
-                ["symbol", "bar_size", "ts", "open", "high", "low", "close", "volume", "source"]]
-            sym = rows.symbol.iloc[0]
-            until = self.stored_until.get(sym)
+            rows = good.assign(bar_size=self.spec.bar_size, source=self.feed.source)[_BAR_COLUMNS]
+            until = self.stored_until.get(rows.symbol.iloc[0])
             if until is None or rows.ts.min() > until:  # the usual case: every row after what the series held
-                self.store.append("bars", rows)
+                new = rows
             else:
-                new = (rows.ts > until).to_numpy()
-                self.store.append("bars", rows[new])  # after everything the series held: nothing to replace
-                self.store.upsert("bars", rows[~new], ["symbol", "bar_size", "ts"])
+                after = (rows.ts > until).to_numpy()
+                new = rows[after] if after.any() else None
+                self.held_bars.append(rows[~after])
             self.written += len(rows)
             top = rows.ts.max()
             self.last_ts = top if self.last_ts is None or top > self.last_ts else self.last_ts
         if len(bad):
-            self.store.upsert("quarantine", _quarantine_rows(bad, self.feed.source, self.spec.bar_size),
-                              ["source", "row_ref", "reason"])
+            self.held_quarantine.append(_quarantine_rows(bad, self.feed.source, self.spec.bar_size))
             self.quarantined += bad.row_ref.nunique()
             for reason, n in bad.reason.value_counts().items():
                 self.reasons[reason] = self.reasons.get(reason, 0) + int(n)
+        return new
 
 def _none_if_nat(v):
     return None if v is None or pd.isna(v) else pd.Timestamp(v)
@@ -219,18 +274,21 @@ def _none_if_nat(v):
 def ingest_feed(store: Store, feed_id: str, feed: Feed | Iterable[Feed], clock: Clock, bounds: Bounds = Bounds(),
                 progress: bool = False) -> FeedResult:
     """Validate `feed` — one `Feed`, or the chunks of one — and write it in one transaction as it comes: good rows
-    to bars, the rest to quarantine. Whatever fails on the way, the store is left as it was."""
+    to bars (one streamed insert: memory stays that of a few chunks), the rest to quarantine. Whatever fails on the
+    way, the store is left as it was."""
     chunks = iter([feed] if isinstance(feed, Feed) else feed)
     first = next(chunks)
     bar = tqdm(total=first.expected_rows, desc=feed_id, unit="row", unit_scale=True, leave=False, disable=not progress)
     try:
+        periods = _periods(store, first.spec.ticker)
         with store.transaction():
-            writer = _FeedWriter(store, first, clock, bounds)
-            ahead = first  # one chunk read ahead: the last is judged as such, with nothing held for a next one
-            for chunk in itertools.chain(chunks, [None]):
-                writer.push(ahead, last=chunk is None)
-                bar.update(len(ahead.bars) + len(ahead.rejects))
-                ahead = chunk
+            writer = _FeedWriter(store, first, clock, bounds, periods)
+            try:
+                store.append_stream("bars", _BARS, writer.batches(chunks, bar))
+            except BaseException:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
             result = writer.finish()
             last = writer.last_ts if writer.last_ts is not None else _watermark(store, feed_id, writer.now)
             store.execute("INSERT INTO ingestions (id, source, symbol, bar_size, started_at, rows_in, rows_written, "

@@ -30,7 +30,8 @@ def quality_report(store: Store, bar_size: str | None = None, as_of=None, calend
     cal = TradingCalendar(calendar)
     where, params = ("WHERE s.bar_size = ?", [bar_size]) if bar_size else ("", [])
     series = store.query(f"""SELECT s.symbol, s.bar_size, s.source AS vendor, s.basis, min(b.ts) AS first, max(b.ts) AS last,
-                                    count(*) AS bars, sum(CASE WHEN b.volume = 0 THEN 1 ELSE 0 END) AS zero_volume
+                                    count(*) AS bars, count(*) - count(DISTINCT b.ts) AS duplicates,
+                                    sum(CASE WHEN b.volume = 0 THEN 1 ELSE 0 END) AS zero_volume
                              FROM series s JOIN bars b ON b.symbol = s.symbol AND b.bar_size = s.bar_size {where}
                              GROUP BY s.symbol, s.bar_size, s.source, s.basis ORDER BY s.symbol, s.bar_size""", params)
     if series.empty:
@@ -51,7 +52,7 @@ def quality_report(store: Store, bar_size: str | None = None, as_of=None, calend
         stale = len(cal.sessions(days.max() + pd.Timedelta(days=1), as_of)) if days.max() < as_of else 0
         rows.append({
             "symbol": s.symbol, "bar_size": s.bar_size, "vendor": s.vendor, "basis": s.basis,
-            "first": days.min().date(), "last": days.max().date(), "bars": int(s.bars),
+            "first": days.min().date(), "last": days.max().date(), "bars": int(s.bars), "duplicates": int(s.duplicates),
             "sessions": len(expected), "completeness_pct": round(100 * (1 - missing.mean()), 2) if len(expected) else 0.0,
             "missing_sessions": int(missing.sum()), "longest_gap": _runs(missing), "stale_sessions": stale,
             "stale": stale > stale_after, "zero_volume": int(s.zero_volume), "jumps": jumps,
