@@ -32,7 +32,7 @@ from bifrost.risk.limits import Limits, save_limits
 from bifrost.store import connect
 from bifrost.strategy.api import MeanReversion, StrategyError
 from bifrost.strategy.session import trade_session
-from bifrost.strategy.stream import MarketDataFake
+from bifrost.testing.market_data_fake import MarketDataFake
 from bifrost.strategy.versions import promote, register
 from bifrost.testing.ib_fake import TWSFake
 from test_execution_ib import T0, session  # noqa: F401 (a fixture): a broker on TWSFake, $100,000
@@ -348,7 +348,7 @@ from bifrost.core import SimulatedClock
 from bifrost.execution.ib import IBBroker
 from bifrost.store import connect
 from bifrost.strategy.session import trade_session
-from bifrost.strategy.stream import MarketDataFake
+from bifrost.testing.market_data_fake import MarketDataFake
 from bifrost.testing.ib_fake import TWSFake
 store, state, bars, key, secret = sys.argv[1:]
 ib = IB()

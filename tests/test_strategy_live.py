@@ -23,14 +23,14 @@ from bifrost.data.ingest import ingest
 from bifrost.data.read import read_bars
 from bifrost.data.sources import SAMPLE, SampleSource
 from bifrost.execution.alpaca import AlpacaBroker
-from bifrost.execution.alpaca_fake import AlpacaFake
+from bifrost.testing.alpaca_fake import AlpacaFake
 from bifrost.pipelines.runs import run_pipeline
 from bifrost.portfolio.ledger import Portfolio
 from bifrost.risk.limits import Limits, save_limits
 from bifrost.store import connect
 from bifrost.strategy.api import MeanReversion, StrategyError
 from bifrost.strategy.session import _version_of, parity_report, real_money, trade_session
-from bifrost.strategy.stream import MarketDataFake
+from bifrost.testing.market_data_fake import MarketDataFake
 from bifrost.strategy.versions import promote, register
 
 KEYS = ("live-key", "live-secret")

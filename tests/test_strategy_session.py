@@ -154,7 +154,7 @@ def test_session_when_any_backend_then_parity_and_promotion_read_it(store):
 def test_live_session_when_streamed_from_loopback_then_bars_stored_and_same_as_replay(spy, tmp_path, monkeypatch):
     "alpaca-py's StockDataStream against a loopback server speaking Alpaca's protocol; then parity with the backtest."
     from bifrost.data.read import read_bars
-    from bifrost.strategy.stream import MarketDataFake
+    from bifrost.testing.market_data_fake import MarketDataFake
     monkeypatch.setenv("ALPACA_API_KEY", "k")
     monkeypatch.setenv("ALPACA_SECRET_KEY", "s")
     day = DAYS[1]
@@ -181,7 +181,7 @@ def test_live_session_when_streamed_from_loopback_then_bars_stored_and_same_as_r
 
 def test_live_session_when_keys_wrong_then_no_bars_and_failed(spy, tmp_path, monkeypatch):
     from bifrost.data.read import read_bars
-    from bifrost.strategy.stream import MarketDataFake
+    from bifrost.testing.market_data_fake import MarketDataFake
     monkeypatch.setenv("ALPACA_API_KEY", "wrong")
     monkeypatch.setenv("ALPACA_SECRET_KEY", "s")
     live = connect(f"duckdb:///{tmp_path}/live.duckdb")
@@ -317,6 +317,32 @@ def test_session_when_symbol_unknown_or_bar_size_not_the_strategys_then_refused_
     with pytest.raises(StrategyError, match="was built for 1min bars, not 1d") as err:
         trade_session(spy, "acct", DAYS[0], strategy="mr", symbols=["SPY"], bar_size="1d", progress=False)
     assert "--bar-size" in err.value.hint
+    _nothing_recorded(spy)
+
+
+def test_session_when_before_the_ledgers_last_entry_then_refused_up_front_and_nothing_sent(spy):
+    "An account funded today cannot replay 2013: its fills could not be booked, so no order goes out (a user found the orders sent and every fill refused)."
+    from bifrost.portfolio.ledger import Portfolio
+    _setup(spy)
+    with spy.transaction():
+        Portfolio.open(spy, "acct", opened_at=T0 + dt.timedelta(days=30)).deposit("100000", ts=T0 + dt.timedelta(days=30))
+    with pytest.raises(StrategyError, match="ledger holds entries up to 2013-10-31 00:00 UTC, after session 2013-10-04") as err:
+        trade_session(spy, "acct", DAYS[0], strategy="mr", symbols=["SPY"], costs=EXACT, progress=False)
+    assert "bifrost portfolio open NAME --deposit 100000 --as-of 2013-10-04" in err.value.hint
+    assert spy.scalar("SELECT count(*) FROM orders") == 0 and spy.scalar("SELECT count(*) FROM trading_sessions") == 0
+
+
+class StoppedReversion(MeanReversion):
+    "Mean reversion with a 2% stop: the engine simulates the stop, sessions do not place it yet."
+    stop_loss = 0.02
+
+
+def test_session_when_strategy_has_exit_rules_then_refused_up_front(spy):
+    clock = SimulatedClock(T0)
+    promote(spy, "stopped", register(spy, StoppedReversion(window=20, entry=1.5), clock, name="stopped"), clock, "paper")
+    save_limits(spy, "acct", Limits(max_daily_loss=Decimal("0.05")), T0, T0, "paper account", AuditTrail(spy))
+    with pytest.raises(StrategyError, match="has exit rules .* sessions do not place them yet"):
+        trade_session(spy, "acct", DAYS[0], strategy="stopped", symbols=["SPY"], costs=EXACT, progress=False)
     _nothing_recorded(spy)
 
 

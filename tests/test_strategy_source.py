@@ -47,6 +47,16 @@ store.close()
 print(json.dumps({"version": version, "final_equity": result.final_equity, "trades": len(result.trades)}))
 '''
 
+STOPPED = '''
+class StoppedReverting(Reverting):  # attributes only: no method says where it was written
+    stop_loss = 0.05
+'''
+REGISTER_STOPPED = '''
+store = connect(store_url)
+print(json.dumps({"stopped": register(store, StoppedReverting(window=15, entry=1.5), SimulatedClock(datetime(2024, 1, 2, 21, tzinfo=timezone.utc)))}))
+store.close()
+'''
+
 REBUILD = '''
 import json, sys
 from bifrost.store import connect
@@ -66,14 +76,16 @@ def test_notebook_strategy_registered_by_papermill_is_rebuilt_and_backtested_by_
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell('store_url = ""', metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("import json"), nbformat.v4.new_code_cell(RESEARCH),
-                nbformat.v4.new_code_cell(REGISTER)]
+                nbformat.v4.new_code_cell(REGISTER), nbformat.v4.new_code_cell(STOPPED),
+                nbformat.v4.new_code_cell(REGISTER_STOPPED)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
     research = tmp_path / "research" / "my_strategy.ipynb"
     research.parent.mkdir()
     nbformat.write(nb, research)
     out = pm.execute_notebook(str(research), str(tmp_path / "run.ipynb"), parameters={"store_url": url},
                               kernel_name="python3", progress_bar=False, cwd=str(research.parent))
-    registered = json.loads(out.cells[-1].outputs[0]["text"])
+    registered = json.loads(out.cells[-3].outputs[0]["text"])
+    stopped = json.loads(out.cells[-1].outputs[0]["text"])["stopped"]
     assert registered["trades"] > 0
     research.unlink()  # the notebook is gone: only the store remains
 
@@ -85,4 +97,9 @@ def test_notebook_strategy_registered_by_papermill_is_rebuilt_and_backtested_by_
     assert run.returncode == 0, run.stderr
     rebuilt = json.loads(run.stdout)
     assert rebuilt == {"name": "Reverting", "final_equity": registered["final_equity"], "trades": registered["trades"]}
+    # a subclass of attributes only, written in a cell, is found in that cell and rebuilt with its parent
+    run = subprocess.run([sys.executable, "-I", "-c", REBUILD, url, stopped], capture_output=True, text=True,
+                         cwd=fresh, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["name"] == "StoppedReverting"
 

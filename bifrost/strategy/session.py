@@ -19,9 +19,11 @@ from ..compliance.gate import load_gate
 from ..core import Broker, Clock, ConfigError, SimulatedClock, TimeInForce, TradingCalendar, bar_size_delta
 from ..data.read import read_bars
 from ..data.remote import alpaca_keys
-from ..execution.alpaca import AlpacaBroker
 from ..execution.oms import kill_switch
+from ..execution.brokers import make_broker
 from ..execution.paper import PaperBroker
+from ..portfolio.money import LedgerError
+from ..portfolio.ledger import Portfolio
 from ..store import Store
 from .api import FIELDS, Costs, Panel, Strategy, StrategyError
 from .paper import PaperRunner
@@ -156,16 +158,8 @@ def _live_steps(store: Store, strat: Strategy, symbols: list[str], session: date
 
 # %% ../../nbs/08i_strategy.session.ipynb #9d71a4d0
 def session_broker(name: str = "paper", endpoint: str = "paper", stream_url: str = "") -> Broker | None:
-    "The broker a session trades through: `paper` (None: the simulated one) or `alpaca` at `endpoint`; keys from the environment."
-    if name == "paper":
-        return None
-    if name != "alpaca":
-        raise StrategyError(f"broker must be 'paper' or 'alpaca', was {name!r}")
-    if endpoint in ("paper", "live"):  # Alpaca's paper account, or real money
-        return AlpacaBroker(paper=endpoint == "paper", stream_url=stream_url or None)
-    if not endpoint.startswith(("http://", "https://")):
-        raise StrategyError(f"endpoint must be 'paper', 'live' or a base URL, was {endpoint!r}")
-    return AlpacaBroker(url_override=endpoint, stream_url=stream_url or None)
+    "The broker a session trades through, from the registry (`bifrost.execution.brokers`): `paper` is None (the session builds the simulator on its ledger and costs); keys from the environment."
+    return None if name == "paper" else make_broker(name, endpoint=endpoint, stream_url=stream_url)
 
 
 # %% ../../nbs/08i_strategy.session.ipynb #496916b1
@@ -259,6 +253,18 @@ def _trade_bars(runner: PaperRunner, steps, info: dict, note, lease: _Lease, pro
         lease.renew()
     return n
 
+def _in_time_order(store: Store, account: str, session: date, end: pd.Timestamp) -> None:
+    "Refuse a session earlier than what the account's ledger holds: its fills could not be booked (the ledger is written in time order)."
+    try:
+        last = Portfolio.load(store, account).book.last_ts
+    except LedgerError:  # a new account: the session opens it
+        return
+    if last is not None and last >= end:
+        raise StrategyError(f"account {account}'s ledger holds entries up to {last:%Y-%m-%d %H:%M} UTC, after session "
+                            f"{session}: the ledger is written in time order, so that session's fills could not be booked",
+                            hint=f"trade a session after {last:%Y-%m-%d}, or replay the past on an account opened then: "
+                                 f"bifrost portfolio open NAME --deposit 100000 --as-of {session}")
+
 def trade_session(store: Store, account: str, session: date, *, strategy: str | None = None,
                   version: str | None = None, mode: str = "replay", bar_size: str | None = None,
                   extended_hours: bool = False,  # replays: trade pre- and post-market bars too
@@ -286,6 +292,10 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
     version = _version_of(store, name, version, real_money(broker))
     strat = build_version(store, version)
     bar_size = _bar_size_of(strat, name, version, bar_size)
+    if any(x is not None for x in strat.exit_rules()):  # the paper runner and the brokers do not place exits yet
+        raise StrategyError(f"{name} {version} has exit rules (stop_loss, take_profit, trailing_stop): the vectorised "
+                            "engine simulates them, but sessions do not place them yet, so it would trade otherwise "
+                            "than its backtest", hint="trade a version without exit rules, or backtest this one")
     daily = bar_size_delta(bar_size) >= pd.Timedelta(days=1)
     start, end = _day(session)
     if load_gate(store, account, start).limits is None:  # refused before anything is recorded: fixable, then traded
@@ -304,6 +314,7 @@ def trade_session(store: Store, account: str, session: date, *, strategy: str | 
     info = {"strategy": name, "symbols": symbols, "bar_size": bar_size, "costs": asdict(costs),
             **({"extended_hours": True} if extended_hours else {}), **({"history_from": str(since)} if daily else {}),
             **_earlier(store, account, session, resume), **({"broker": broker.name} if venue else {})}
+    _in_time_order(store, account, session, end)  # after `_earlier`, which says more of a session traded already
     if daily:
         steps = _daily_step(w, panel, session, venue)
     elif mode == "replay":

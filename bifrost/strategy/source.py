@@ -51,11 +51,22 @@ def _where(obj) -> tuple[str, int]:
     if isinstance(obj, types.FunctionType):
         return obj.__code__.co_filename, obj.__code__.co_firstlineno
     codes = [f.__code__ for f in _functions_of(obj)]
-    if not codes:
-        raise StrategyError(f"cannot find the source of {obj.__name__}: it defines no method",
-                            hint="define it in a notebook cell or a .py file")
-    first = min(codes, key=lambda c: c.co_firstlineno)
-    return first.co_filename, first.co_firstlineno
+    if codes:
+        first = min(codes, key=lambda c: c.co_firstlineno)
+        return first.co_filename, first.co_firstlineno
+    # a class of attributes only (`class Stopped(SmaCross): stop_loss = 0.02`) carries no code that says where it is:
+    # its module's file, or else the newest notebook cell that defines a class of its name
+    file = getattr(sys.modules.get(obj.__module__), "__file__", None)
+    for name in [file] if file else [f for f in reversed(linecache.cache) if not Path(f).is_file() or "ipykernel" in f]:
+        try:
+            body = ast.parse("".join(linecache.getlines(name))).body
+        except SyntaxError:
+            continue
+        for node in body:
+            if isinstance(node, ast.ClassDef) and node.name == obj.__name__:
+                return name, node.lineno
+    raise StrategyError(f"cannot find the source of {obj.__name__}",
+                        hint="define it in a notebook cell or a .py file")
 
 def definition(obj) -> str:
     "The source of a top-level class or function, decorators included, read from its file or its notebook cell."
@@ -127,7 +138,7 @@ class _Capture:
             return
         src = definition(obj)
         scope = (obj.__globals__ if isinstance(obj, types.FunctionType)  # the namespace it was written in
-                 else next(_functions_of(obj)).__globals__)
+                 else next((f.__globals__ for f in _functions_of(obj)), None) or vars(sys.modules[obj.__module__]))
         for name in _globals_used(src, obj.__name__):
             if name in scope:
                 self.need(name, scope[name], obj.__name__)
