@@ -118,7 +118,8 @@ FOUND = [(["backtest", "sma_cross", "--param", "fast"], "--param"),
          (["trade", "nobody", "--session", "2013-10-04", "--strategy", "x", "--symbols", "SPY"], "no registered strategy"),
          (["nosuchcmd"], "No such command"),
          (["backtest", "sma_cross", "--symbols", "SP Y"], "letters A-Z, digits 0-9"),  # the symbol grammar (issue 16)
-         (["backtest", "sma_cross", "--symbols", "X" * 40], "1 to 21 characters")]
+         (["backtest", "sma_cross", "--symbols", "X" * 40], "1 to 21 characters"),
+         (["fills", "--account", "nobody"], "no account 'nobody'")]
 
 
 @pytest.mark.parametrize("argv,names", FOUND, ids=[" ".join(a) for a, _ in FOUND])

@@ -224,11 +224,13 @@ def orders(account: Optional[str] = typer.Option(None, help="Only this account's
 
 @trading_app.command("fills")
 def fills(order: Optional[str] = typer.Option(None, help="A client order id."),
-          broker: Optional[str] = typer.Option(None, help="Only this broker's fills.")):
+          broker: Optional[str] = typer.Option(None, help="Only this broker's fills."),
+          account: Optional[str] = typer.Option(None, help="Only this account's fills.")):
     "Fills the OMS recorded (each once), oldest first."
     import pandas as pd
     from bifrost.execution.orders import OrderJournal
-    rows = OrderJournal(open_store(read_only=True), None).fills(order, broker)
+    store = open_store(read_only=True)
+    rows = OrderJournal(store, None).fills(order, broker, account and require_account(store, account, "'--account'"))
     print_frame(pd.DataFrame([(f.ts, f.client_order_id, f.symbol, f.side.value, f.quantity, f.price, f.commission,
                                f.fill_id) for f in rows],
                              columns=["ts", "client_order_id", "symbol", "side", "quantity", "price", "commission",

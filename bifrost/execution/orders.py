@@ -239,13 +239,17 @@ class OrderJournal:
         rows = self.store.rows("SELECT fill_id, ts FROM order_fills WHERE broker = ?", [broker])
         return {r[0] for r in rows}, max((_when(r[1]) for r in rows), default=None)
 
-    def fills(self, client_order_id: str | None = None, broker: str | None = None) -> list[Fill]:
-        "Recorded fills (of one order, or of one broker), oldest first."
+    def fills(self, client_order_id: str | None = None, broker: str | None = None,
+              account: str | None = None) -> list[Fill]:
+        "Recorded fills (of one order, one broker, one account), oldest first."
         where, params = [], []
         for col, v in (("client_order_id", client_order_id), ("broker", broker)):
             if v is not None:
                 where.append(f"{col} = ?")
                 params.append(v)
+        if account is not None:
+            where.append("client_order_id IN (SELECT client_order_id FROM orders WHERE account = ?)")
+            params.append(account)
         rows = self.store.rows("SELECT fill_id, client_order_id, symbol, side, quantity, price, ts, commission FROM "
                                "order_fills" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts, fill_id",
                                params)

@@ -112,7 +112,7 @@ def test_three_sessions_at_its_own_bar_size_through_papermill_in_parity(home, re
         assert "traded exactly as its backtest" in bifrost(home, "parity", "trend1", session).stdout
     runs = bifrost(home, "runs", "list", "--pipeline", "trade").stdout
     assert runs.count("succeeded") == 3
-    assert "SPY" in bifrost(home, "fills").stdout  # the rule went long at 2013-10-10's close, filled at the next open
+    assert "SPY" in bifrost(home, "fills", "--account", "trend1").stdout  # the rule went long at 2013-10-10's close, filled at the next open
     assert "SPY" in bifrost(home, "portfolio", "show", "trend1").stdout
     # the ledger agrees with the broker: no break was recorded, and the audit trail is whole
     assert "break" not in bifrost(home, "risk", "alerts", "trend1").stdout.lower()
