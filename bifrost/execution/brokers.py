@@ -40,8 +40,8 @@ def broker_names() -> tuple[str, ...]:
 
 def broker_entry(name: str) -> BrokerEntry:
     "The registry's entry for `name`; an unknown name is a `ConfigError` listing the known ones."
-    from bifrost.core import ConfigError
     if name not in _REGISTRY:
+        from bifrost.core import ConfigError  # only here: `bifrost --help` builds its choices without pandas
         raise ConfigError(f"no broker {name!r}; Bifrost trades through {', '.join(broker_names())}",
                           hint=f"pick one of them, e.g. --broker {broker_names()[0]}")
     return _REGISTRY[name]

@@ -18,7 +18,8 @@ from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 
-from ..core import (BrokerOrder, BrokerUnavailableError, Clock, Fill, Order, OrderRejectedError, TimeInForce)
+from ..core import (BrokerCapabilities, BrokerOrder, BrokerUnavailableError, Clock, Fill, Order, OrderRejectedError,
+                          OrderType, TimeInForce)
 
 log = logging.getLogger("bifrost.execution")
 
@@ -136,6 +137,7 @@ _TERMINAL = {"filled", "cancelled", "rejected", "expired"}
 
 class FaultyBroker:
     "An in-memory (or JSON-file-backed) `Broker` with injectable faults, for tests and examples."
+    capabilities = BrokerCapabilities({OrderType.MARKET, OrderType.LIMIT}, {TimeInForce.DAY}, paper=True)
 
     def __init__(self, name: str = "fake", prices: Mapping[str, Decimal] | None = None, clock: Clock | None = None,
                  cash: Decimal = Decimal(1_000_000), path: str | os.PathLike | None = None, unique_ids: bool = True):
