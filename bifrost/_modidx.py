@@ -1718,6 +1718,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                          'bifrost/portfolio/journal.py'),
                                            'bifrost.portfolio.journal.Journal.deposit': ( 'portfolio.journal.html#journal.deposit',
                                                                                           'bifrost/portfolio/journal.py'),
+                                           'bifrost.portfolio.journal.Journal.last_entry': ( 'portfolio.journal.html#journal.last_entry',
+                                                                                             'bifrost/portfolio/journal.py'),
                                            'bifrost.portfolio.journal.Journal.load': ( 'portfolio.journal.html#journal.load',
                                                                                        'bifrost/portfolio/journal.py'),
                                            'bifrost.portfolio.journal.Journal.open': ( 'portfolio.journal.html#journal.open',

@@ -101,6 +101,12 @@ class Journal:
                                                      description])
         return cls(store, name, base_currency, method, long_only, opened_at, description, clock, broker)
 
+    @staticmethod
+    def last_entry(store: Store, name: str) -> datetime | None:
+        "When portfolio `name`'s latest transaction is dated (None: no portfolio, or nothing in it), without loading it."
+        row = store.row("SELECT max(ts) FROM ledger_transactions WHERE portfolio = ?", [name])
+        return None if row is None or row[0] is None else as_utc(row[0], "ts")
+
     @classmethod
     def load(cls, store: Store, name: str, *, clock: Clock | None = None, broker: Holdings | None = None) -> Journal:
         "Portfolio `name` with its state rebuilt from its transaction log."

@@ -22,7 +22,6 @@ from ..data.remote import alpaca_keys
 from ..execution.oms import kill_switch
 from ..execution.brokers import make_broker
 from ..execution.paper import PaperBroker
-from ..portfolio.money import LedgerError
 from ..portfolio.ledger import Portfolio
 from ..store import Store
 from .api import FIELDS, Costs, Panel, Strategy, StrategyError
@@ -255,10 +254,7 @@ def _trade_bars(runner: PaperRunner, steps, info: dict, note, lease: _Lease, pro
 
 def _in_time_order(store: Store, account: str, session: date, end: pd.Timestamp) -> None:
     "Refuse a session earlier than what the account's ledger holds: its fills could not be booked (the ledger is written in time order)."
-    try:
-        last = Portfolio.load(store, account).book.last_ts
-    except LedgerError:  # a new account: the session opens it
-        return
+    last = Portfolio.last_entry(store, account)  # None: a new account, which the session opens
     if last is not None and last >= end:
         raise StrategyError(f"account {account}'s ledger holds entries up to {last:%Y-%m-%d %H:%M} UTC, after session "
                             f"{session}: the ledger is written in time order, so that session's fills could not be booked",
