@@ -133,6 +133,14 @@ def sample_copy(folder, name: str = "sample"):
     return connect(f"duckdb:///{target}")
 
 
+@pytest.fixture(scope="session")
+def spy_daily_file(tmp_path_factory):
+    "A DuckDB file holding SPY's shipped daily bars (1998-2021), ingested once per test process; copy it, never write it."
+    path = tmp_path_factory.mktemp("spy_daily") / "base.duckdb"
+    sample_store(path.parent, ["SPY"], name="base").close()
+    return path
+
+
 def sample_panel(folder, symbol: str, start: str, end: str):
     "Daily bars of one shipped-sample symbol, through a throwaway DuckDB store in `folder` (only that feed ingested)."
     from bifrost.strategy.api import Panel

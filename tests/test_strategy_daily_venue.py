@@ -12,9 +12,7 @@ import pytest
 
 from bifrost.audit import AuditTrail
 from bifrost.core import SimulatedClock, TradingCalendar
-from bifrost.data.ingest import ingest
 from bifrost.data.read import read_bars
-from bifrost.data.sources import SAMPLE, SampleSource
 from bifrost.execution.alpaca import AlpacaBroker
 from bifrost.testing.alpaca_fake import AlpacaFake
 from bifrost.portfolio.ledger import Portfolio
@@ -32,23 +30,13 @@ XNYS = TradingCalendar("XNYS")
 DAYS = [d.date() for d in XNYS.sessions(dt.date(2013, 10, 4), dt.date(2013, 10, 14))]
 
 
-@pytest.fixture(scope="module")
-def _spy_daily_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("spy_daily_venue") / "base.duckdb"
-    s = connect(f"duckdb:///{path}")
-    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY" and f.spec.bar_size == "1d")
-    ingest(s, SampleSource(feeds), progress=False)
-    s.close()
-    return path
-
-
 @pytest.fixture
-def store(_spy_daily_file, tmp_path, monkeypatch):
+def store(spy_daily_file, tmp_path, monkeypatch):
     "SPY's daily bars, the daily SmaCross promoted for live trading at a paper venue, limits for `acct`, the keys."
     monkeypatch.delenv("ALPACA_API_KEY", raising=False)
     monkeypatch.setenv("APCA_API_KEY_ID", KEYS[0])
     monkeypatch.setenv("APCA_API_SECRET_KEY", KEYS[1])
-    shutil.copy(_spy_daily_file, tmp_path / "d.duckdb")
+    shutil.copy(spy_daily_file, tmp_path / "d.duckdb")
     s = connect(f"duckdb:///{tmp_path}/d.duckdb")
     clock = SimulatedClock(T0)
     promote(s, "sma", register(s, DAILY, clock, name="sma"), clock, "paper")

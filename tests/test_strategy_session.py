@@ -370,20 +370,10 @@ DAILY = SmaCross(fast=4, slow=5)  # on SPY: long at the open of 2013-10-07, out 
 DAILY_DAYS = [d.date() for d in TradingCalendar("XNYS").sessions(dt.date(2013, 10, 7), dt.date(2013, 10, 15))]
 
 
-@pytest.fixture(scope="module")
-def _spy_daily_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("spy_daily") / "base.duckdb"
-    s = connect(f"duckdb:///{path}")
-    feeds = tuple(f for f in SAMPLE if f.primary and f.spec.ticker == "SPY" and f.spec.bar_size == "1d")
-    ingest(s, SampleSource(feeds), progress=False)
-    s.close()
-    return path
-
-
 @pytest.fixture
-def spy_daily(_spy_daily_file, tmp_path):
+def spy_daily(spy_daily_file, tmp_path):
     "SPY's shipped daily bars (1998-2021), the daily SmaCross registered and promoted, limits for `acct`."
-    shutil.copy(_spy_daily_file, tmp_path / "d.duckdb")
+    shutil.copy(spy_daily_file, tmp_path / "d.duckdb")
     s = connect(f"duckdb:///{tmp_path}/d.duckdb")
     clock = SimulatedClock(T0)
     promote(s, "sma", register(s, DAILY, clock, name="sma"), clock, "paper")
